@@ -1,0 +1,318 @@
+"""One place for every setting: defaults in code, YAML overrides them, the CLI overrides YAML.
+
+    cfg = load_config(["--config", "configs/fashion_mnist.yaml", "--lr", "2e-4"])
+
+An unknown key (in YAML or on the command line) is an error naming the closest valid key;
+every value is type-checked when it is read, so a typo fails at start-up, not 2,000 steps in.
+The resolved config is saved next to each run's outputs and inside every checkpoint.
+This module does not import MindSpore.
+"""
+import argparse
+import difflib
+import json
+import os
+
+# key: (default, type, help). Types: int, float, bool, str, "ints" (list of int),
+# "float?" / "str?" (may be null). Choices are checked in CHOICES below.
+DEFAULTS = {
+    # run
+    "seed": (42, int, "seed for MindSpore, numpy and the data pipeline"),
+    "device_target": ("auto", str, "Ascend | GPU | CPU | auto (first available)"),
+    "device_id": (-1, int, "device id; -1 takes DEVICE_ID from the environment, else 0"),
+    "mode": ("graph", str, "graph | pynative execution mode"),
+    "output_dir": ("runs", str, "parent folder of run folders"),
+    "run_name": ("", str, "run folder name; empty = config name"),
+    # data
+    "dataset": ("fashion_mnist", str, "fashion_mnist | mnist | cifar10 | image_folder"),
+    "data_dir": ("data/fashion-mnist", str, "folder with the data set files"),
+    "cache_dir": ("", str, "where decompressed files go; empty = <data_dir>/.ddpm_ms_cache"),
+    "download": (True, bool, "fetch the official files (with checksums) when missing"),
+    "split": ("train", str, "train | test | all"),
+    "image_size": (28, int, "image height = width"),
+    "channels": (1, int, "1 (grayscale) or 3 (RGB)"),
+    "random_flip": (True, bool, "random horizontal flip during training"),
+    "shuffle_buffer": (10000, int, "dataset shuffle buffer"),
+    "num_parallel_workers": (2, int, "dataset worker threads"),
+    "drop_remainder": (True, bool, "drop the last incomplete batch"),
+    # model (U-Net)
+    "dim": (28, int, "base width of the U-Net"),
+    "init_dim": (0, int, "width after the first conv; 0 = dim // 3 * 2"),
+    "out_dim": (0, int, "output channels; 0 = channels"),
+    "dim_mults": ([1, 2, 4], "ints", "stage width multipliers"),
+    "use_convnext": (True, bool, "ConvNeXt blocks (true) or ResNet blocks (false)"),
+    "convnext_mult": (2, int, "ConvNeXt expansion factor"),
+    "resnet_block_groups": (8, int, "GroupNorm groups in ResNet blocks"),
+    "attn_heads": (4, int, "attention heads"),
+    "attn_head_dim": (32, int, "attention head width"),
+    "dropout": (0.0, float, "dropout in the blocks"),
+    # diffusion
+    "timesteps": (1000, int, "number of diffusion steps T"),
+    "beta_schedule": ("linear", str, "linear | cosine | quadratic | sigmoid"),
+    "beta_start": (None, "float?", "first beta; null = 1e-4 * 1000 / T"),
+    "beta_end": (None, "float?", "last beta; null = 0.02 * 1000 / T"),
+    "objective": ("eps", str, "what the network predicts: eps | x0 | v"),
+    "loss_type": ("huber", str, "huber | l1 | l2"),
+    "p2_gamma": (1.0, float, "p2 loss weight exponent (0 = unweighted)"),
+    "p2_k": (1.0, float, "p2 loss weight offset k"),
+    # optimisation
+    "batch_size": (128, int, "images per step per device"),
+    "optimizer": ("adam", str, "adam | adamw"),
+    "lr": (1e-3, float, "peak learning rate"),
+    "min_lr": (1e-4, float, "final learning rate of the cosine schedule"),
+    "lr_schedule": ("cosine", str, "constant | cosine (after warmup)"),
+    "warmup_steps": (0, int, "linear warmup steps"),
+    "weight_decay": (0.0, float, "weight decay (adamw)"),
+    "adam_beta1": (0.9, float, "Adam beta1"),
+    "adam_beta2": (0.999, float, "Adam beta2"),
+    "grad_clip": (1.0, float, "global-norm gradient clipping; 0 = off"),
+    "grad_accum": (1, int, "micro-batches per optimizer step"),
+    "ema_decay": (0.999, float, "EMA decay; 0 = no EMA"),
+    "ema_warmup": (True, bool, "EMA decay ramps up as (1 + n) / (10 + n)"),
+    "amp_level": ("O0", str, "O0 | O1 | O2 | O3 | auto mixed precision"),
+    "loss_scale": (65536.0, float, "initial dynamic loss scale (amp only)"),
+    # stopping and logging
+    "max_steps": (0, int, "stop after this many steps (0 = use epochs)"),
+    "epochs": (1, int, "epochs when max_steps is 0"),
+    "max_minutes": (0.0, float, "stop (and save) after this wall time; 0 = off"),
+    "log_every": (50, int, "steps between metric lines"),
+    "sample_every": (1000, int, "steps between preview grids; 0 = only at the end"),
+    "save_every": (1000, int, "steps between checkpoints"),
+    "keep_checkpoints": (3, int, "step checkpoints kept besides latest.ckpt"),
+    "resume": ("", str, "'' | auto | path to a checkpoint"),
+    "num_preview": (16, int, "images in preview grids"),
+    # sampling
+    "sampler": ("ddim", str, "ddpm | ddim | naive"),
+    "sample_steps": (50, int, "sampler steps (ddim / naive)"),
+    "eta": (0.0, float, "DDIM eta (0 = deterministic)"),
+    "spacing": ("leading", str, "leading | trailing | linspace timestep grid"),
+    "clip_x0": (True, bool, "clip predicted x0 to [-1, 1]"),
+    # scale-out
+    "distribute": (False, bool, "data parallel over msrun workers"),
+    "data_sink": ("auto", str, "auto | on | off (sink is Ascend/GPU only)"),
+    "enable_modelarts": (False, bool, "copy data/outputs from/to OBS with moxing"),
+    "data_url": ("", str, "ModelArts: OBS data path"),
+    "train_url": ("", str, "ModelArts: OBS output path"),
+    "checkpoint_url": ("", str, "ModelArts: OBS checkpoint to resume from"),
+}
+
+CHOICES = {
+    "device_target": ("auto", "CPU", "GPU", "Ascend"),
+    "mode": ("graph", "pynative"),
+    "dataset": ("fashion_mnist", "mnist", "cifar10", "image_folder"),
+    "split": ("train", "test", "all"),
+    "channels": (1, 3),
+    "beta_schedule": ("linear", "cosine", "quadratic", "sigmoid"),
+    "objective": ("eps", "x0", "v"),
+    "loss_type": ("huber", "l1", "l2"),
+    "optimizer": ("adam", "adamw"),
+    "lr_schedule": ("constant", "cosine"),
+    "amp_level": ("O0", "O1", "O2", "O3", "auto"),
+    "sampler": ("ddpm", "ddim", "naive"),
+    "spacing": ("leading", "trailing", "linspace"),
+    "data_sink": ("auto", "on", "off"),
+}
+
+POSITIVE = ("timesteps", "batch_size", "image_size", "dim", "grad_accum", "log_every",
+            "save_every", "sample_steps", "num_preview", "convnext_mult", "attn_heads",
+            "attn_head_dim", "resnet_block_groups")
+NON_NEGATIVE = ("lr", "min_lr", "max_steps", "epochs", "max_minutes", "sample_every",
+                "keep_checkpoints", "grad_clip", "ema_decay", "eta", "dropout", "warmup_steps",
+                "weight_decay", "init_dim", "out_dim", "p2_k")
+
+
+class ConfigError(ValueError):
+    """A bad setting; its message is one line that says what to fix."""
+
+
+class Config(dict):
+    """The resolved settings: a dict with attribute access (cfg.lr or cfg['lr'])."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def to_json(self):
+        return json.dumps(dict(self), sort_keys=True)
+
+
+# Names people bring from other projects, mapped to ours for the "did you mean" hint.
+ALIASES = {"learning_rate": "lr", "num_steps": "max_steps", "steps": "max_steps",
+           "train_batch_size": "batch_size", "img_size": "image_size", "resolution": "image_size",
+           "num_timesteps": "timesteps", "schedule": "beta_schedule", "ema": "ema_decay",
+           "gradient_accumulation_steps": "grad_accum", "clip_grad": "grad_clip", "device": "device_target"}
+
+
+def _closest(key):
+    hits = difflib.get_close_matches(key, list(DEFAULTS) + list(ALIASES), n=1, cutoff=0.6)
+    if not hits:
+        return ""
+    return f" (did you mean '{ALIASES.get(hits[0], hits[0])}'?)"
+
+
+def _bool(value, key):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+
+
+def coerce(key, value):
+    """Check and convert one value to the type of its default; raise ConfigError."""
+    if key not in DEFAULTS:
+        raise ConfigError(f"unknown config key '{key}'{_closest(key)}")
+    kind = DEFAULTS[key][1]
+    try:
+        if kind is bool:
+            value = _bool(value, key)
+        elif kind in ("float?", "str?"):
+            if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+                value = None
+            else:
+                value = float(value) if kind == "float?" else str(value)
+        elif kind == "ints":
+            if isinstance(value, str):
+                value = [v for v in value.replace("(", "").replace(")", "").replace("[", "")
+                         .replace("]", "").replace(",", " ").split()]
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ValueError
+            value = [_int(v) for v in value]
+        elif kind is int:
+            value = _int(value)
+        elif kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        elif kind is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            value = str(value)
+    except (TypeError, ValueError):
+        names = {int: "an integer", float: "a number", str: "a string",
+                 "ints": "a list of integers", "float?": "a number or null"}
+        raise ConfigError(f"config key '{key}' must be {names.get(kind, kind)}, got {value!r}") from None
+    return value
+
+
+def _int(v):
+    if isinstance(v, bool):
+        raise ValueError
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError
+        return int(v)
+    return int(str(v).strip())
+
+
+def validate(cfg):
+    """Cross-key and range checks on a full config; raise ConfigError."""
+    for key, allowed in CHOICES.items():
+        if cfg[key] not in allowed:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, allowed))}, "
+                              f"got {cfg[key]!r}")
+    for key in POSITIVE:
+        if cfg[key] < 1:
+            raise ConfigError(f"config key '{key}' must be at least 1, got {cfg[key]!r}")
+    for key in NON_NEGATIVE:
+        if cfg[key] < 0:
+            raise ConfigError(f"config key '{key}' must not be negative, got {cfg[key]!r}")
+    if cfg["timesteps"] < 2:
+        raise ConfigError(f"config key 'timesteps' must be at least 2, got {cfg['timesteps']}")
+    if cfg["sample_steps"] > cfg["timesteps"]:
+        raise ConfigError(f"config key 'sample_steps' must be between 1 and timesteps={cfg['timesteps']}, "
+                          f"got {cfg['sample_steps']}")
+    if not 0 <= cfg["ema_decay"] < 1:
+        raise ConfigError(f"config key 'ema_decay' must be in [0, 1), got {cfg['ema_decay']}")
+    if cfg["max_steps"] == 0 and cfg["epochs"] == 0:
+        raise ConfigError("set max_steps or epochs above 0: nothing would be trained")
+    return cfg
+
+
+def read_yaml(path):
+    """Read a YAML config file into a plain dict; ConfigError on a missing or bad file."""
+    import yaml
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of key: value")
+    return data
+
+
+def build_parser(extra_defaults=None, description=None):
+    """argparse parser with --config and one --key per setting (all default to 'unset')."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help="YAML file overriding the defaults")
+    for key, (default, kind, help_text) in DEFAULTS.items():
+        shown = json.dumps(default) if not isinstance(default, str) else default
+        parser.add_argument(f"--{key}", metavar=key.upper() if kind is not bool else "BOOL",
+                            help=f"{help_text} [default: {shown}]")
+    return parser
+
+
+def resolve(overrides_yaml=None, overrides_cli=None, base=None):
+    """Defaults, then YAML dict, then CLI dict; every value coerced; validated."""
+    cfg = Config({k: v[0] for k, v in DEFAULTS.items()})
+    if base:
+        cfg.update({k: coerce(k, v) for k, v in base.items()})
+    for source in (overrides_yaml or {}, overrides_cli or {}):
+        for key, value in source.items():
+            cfg[key] = coerce(key, value)
+    return validate(cfg)
+
+
+def load_config(argv=None, parser=None):
+    """Parse argv (``--config X.yaml --key value ...``) into a validated Config.
+
+    Unknown flags raise ConfigError naming the closest valid key. Extra flags that a
+    script added to ``parser`` come back in ``cfg['_extra']``.
+    """
+    parser = parser or build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flag = next((u for u in unknown if u.startswith("--")), unknown[0])
+        key = flag.lstrip("-").split("=")[0].replace("-", "_")
+        if flag.startswith("--"):
+            raise ConfigError(f"unknown option '{flag}'{_closest(key)}")
+        raise ConfigError(f"unexpected argument '{flag}' (options look like --key value)")
+    given = vars(args)
+    config_path = given.pop("config", None)
+    extra = {k: given.pop(k) for k in list(given) if k not in DEFAULTS}
+    yaml_values = read_yaml(config_path) if config_path else {}
+    cfg = resolve(yaml_values, given)
+    if not cfg["run_name"]:
+        stem = os.path.splitext(os.path.basename(config_path))[0] if config_path else "default"
+        cfg["run_name"] = stem
+    cfg["_config_path"] = config_path or ""
+    cfg["_extra"] = extra
+    return cfg
+
+
+def public(cfg):
+    """The config without the script-only entries, for saving."""
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def save_config(cfg, path):
+    """Write the resolved config as YAML (atomically)."""
+    import yaml
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(public(cfg), f, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def config_from_dict(values):
+    """Rebuild a validated Config from a saved dict (e.g. a checkpoint's); unknown keys fail."""
+    return resolve(base=values)
