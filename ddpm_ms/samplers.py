@@ -1,0 +1,246 @@
+"""Reverse-process samplers: small objects with ``.timesteps`` and ``.step``; the caller owns the loop.
+
+    x = noise
+    for t in sampler.timesteps:
+        x, pred_x0 = sampler.step(model(x, t), t, x)
+
+Every sampler reduces its update to ONE linear form driven by a per-step coefficient row
+``(a, b, c, d, e, f, g, sigma)`` (``COEF_NAMES``), applied by ``generic_update``:
+
+    pred_x0 = a * x + b * model_out          objective conversion at abar_t (schedule.x0_coefs)
+    pred_x0 = clip(pred_x0, -1, 1)           if clip_x0
+    eps     = c * x + d * pred_x0            eps re-derived from the (clipped) pred_x0 (schedule.eps_coefs)
+    x_prev  = e * pred_x0 + f * eps + g * x + sigma * noise
+
+``sampler.coef_table`` (float64 [num_steps, 8], row i for ``timesteps[i]``) holds the rows, so
+the same ``generic_update`` runs on numpy arrays, on MindSpore tensors and, with rows gathered
+from a tensor step index, inside a compiled MindSpore graph. MindSpore is imported lazily.
+"""
+import numpy as np
+
+from ddpm_ms.schedule import OBJECTIVES, check_choice, eps_coefs, x0_coefs
+
+COEF_NAMES = ("a", "b", "c", "d", "e", "f", "g", "sigma")
+SAMPLERS = ("ddpm", "ddim", "naive")
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def generic_update(coefs, model_out, x, noise, clip_x0):
+    """One reverse step in the linear form above; returns (x_prev, pred_x0), both shaped like x.
+
+    coefs: indexable of 8 scalars (Python floats or tensors broadcastable to x) in COEF_NAMES
+    order; model_out, x, noise: [B, C, H, W] arrays or tensors (noise may be 0.0);
+    clip_x0: Python bool.
+    """
+    pred_x0 = coefs[0] * x + coefs[1] * model_out
+    if clip_x0:
+        pred_x0 = pred_x0.clip(-1.0, 1.0)
+    eps = coefs[2] * x + coefs[3] * pred_x0
+    x_prev = coefs[4] * pred_x0 + coefs[5] * eps + coefs[6] * x + coefs[7] * noise
+    return x_prev, pred_x0
+
+
+def timestep_grid(num_timesteps, num_steps, spacing="leading"):
+    """Ascending sub-sequence of [0, T-1] with ``num_steps`` distinct timesteps (int64 array).
+
+    leading:  i * (T // S)                          for i in range(S)     (DDIM paper, diffusers)
+    trailing: round(T - i * T / S) - 1              for i in range(S)     (Lin et al. 2023, ends at T-1)
+    linspace: round(linspace(0, T - 1, S))
+    """
+    check_choice("spacing", spacing, SPACINGS)
+    T, S = num_timesteps, num_steps
+    if int(S) != S or not 1 <= S <= T:
+        raise ValueError(f"num_steps must be an integer in [1, {T}] (the schedule's T), got {S!r}")
+    S = int(S)
+    if spacing == "leading":
+        grid = np.arange(S) * (T // S)
+    elif spacing == "trailing":
+        grid = np.round(T - np.arange(S) * T / S).astype(np.int64)[::-1] - 1
+    else:
+        grid = np.round(np.linspace(0, T - 1, S)).astype(np.int64)
+    grid = np.asarray(grid, dtype=np.int64)
+    assert len(np.unique(grid)) == S and grid[0] >= 0 and grid[-1] <= T - 1, grid
+    return grid
+
+
+def _draw_noise(x):
+    """N(0, I) shaped and typed like x: numpy for numpy x, MindSpore (ops.randn) otherwise."""
+    if isinstance(x, np.ndarray):
+        return np.random.standard_normal(x.shape).astype(x.dtype)
+    from mindspore import ops
+    return ops.randn(tuple(x.shape), dtype=x.dtype)
+
+
+class CoefSampler:
+    """Base: a descending list ``timesteps`` and a float64 ``coef_table`` [len(timesteps), 8]."""
+
+    def __init__(self, schedule, timesteps, coef_table, clip_x0):
+        self.schedule = schedule
+        self.timesteps = [int(t) for t in timesteps]
+        self.coef_table = np.asarray(coef_table, dtype=np.float64)
+        self.clip_x0 = bool(clip_x0)
+        self._index = {t: i for i, t in enumerate(self.timesteps)}
+        assert self.coef_table.shape == (len(self.timesteps), len(COEF_NAMES))
+
+    @property
+    def num_steps(self):
+        return len(self.timesteps)
+
+    def index(self, t):
+        """Row of ``coef_table`` for timestep t (ValueError if t is not on this sampler's grid)."""
+        try:
+            return self._index[int(t)]
+        except KeyError:
+            raise ValueError(f"t={t} is not one of this sampler's timesteps "
+                             f"({self.timesteps[0]} ... {self.timesteps[-1]})") from None
+
+    def coefs(self, t):
+        """The 8 coefficients for timestep t as a dict (for reading and tests)."""
+        return dict(zip(COEF_NAMES, self.coef_table[self.index(t)].tolist()))
+
+    def step(self, model_out, t, x, noise=None):
+        """One step at timestep t (Python int) -> (x_prev, pred_x0).
+
+        model_out, x: [B, C, H, W] numpy arrays or MindSpore tensors (same kind); noise: the
+        N(0, I) draw for this step, drawn here when None (not drawn when sigma = 0).
+        """
+        row = self.coef_table[self.index(t)].tolist()  # Python floats: work with either array kind
+        if row[7] == 0.0:
+            noise = 0.0
+        elif noise is None:
+            noise = _draw_noise(x)
+        return generic_update(row, model_out, x, noise, self.clip_x0)
+
+
+def _conversion_coefs(objective, abar):
+    """Columns a, b, c, d (objective conversion and eps re-derivation) at levels abar [S]."""
+    check_choice("objective", objective, OBJECTIVES)
+    a, b = x0_coefs(objective, abar)
+    c, d = eps_coefs(abar)
+    return [np.broadcast_to(v, abar.shape) for v in (a, b, c, d)]
+
+
+class DDPMSampler(CoefSampler):
+    """Ancestral DDPM sampling over all T steps (Ho et al. Algorithm 2, via the posterior, eq. 7).
+
+    x_{t-1} = coef1_t * pred_x0 + coef2_t * x_t + sqrt(posterior_variance_t) * z   (z = 0 at t = 0)
+    With the eps objective and clip_x0=False this equals Ho et al. eq. 11:
+    1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps) + sigma_t z, sigma_t^2 = beta~_t.
+    """
+
+    def __init__(self, schedule, objective="eps", clip_x0=True):
+        T = schedule.num_timesteps
+        ts = np.arange(T - 1, -1, -1)
+        abar = schedule.alphas_cumprod[ts]
+        a, b, c, d = _conversion_coefs(objective, abar)
+        e = schedule.posterior_mean_coef1[ts]
+        g = schedule.posterior_mean_coef2[ts]
+        sigma = np.sqrt(schedule.posterior_variance[ts])  # 0 at t = 0 since abar_prev = 1
+        table = np.stack([a, b, c, d, e, np.zeros(T), g, sigma], axis=1)
+        super().__init__(schedule, ts, table, clip_x0)
+        self.objective = objective
+        self.t_prev = [t - 1 for t in self.timesteps]
+
+
+def _descending_grid(schedule, num_steps, spacing):
+    grid = timestep_grid(schedule.num_timesteps, num_steps, spacing)
+    ts = grid[::-1]
+    t_prev = np.append(ts[1:], -1)  # from the grid itself; -1 = clean data (abar = 1)
+    return ts, t_prev
+
+
+def _abar(schedule, ts):
+    """abar at timesteps ts, with 1 for t = -1 (clean data)."""
+    ts = np.asarray(ts)
+    return np.where(ts >= 0, schedule.alphas_cumprod[np.maximum(ts, 0)], 1.0)
+
+
+class DDIMSampler(CoefSampler):
+    """DDIM (Song et al. 2020) on a sub-grid of S timesteps, eq. 12 with sigma from eq. 16.
+
+    x_prev = sqrt(abar_prev) pred_x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z
+    sigma  = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
+    t_prev is the next (lower) entry of the grid, abar_prev = 1 on the last step. eta = 0 is
+    deterministic DDIM; eta = 1 over all T steps is DDPM's posterior variance.
+    """
+
+    def __init__(self, schedule, num_steps=50, eta=0.0, spacing="leading", objective="eps",
+                 clip_x0=True):
+        if not eta >= 0.0:
+            raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
+        ts, t_prev = _descending_grid(schedule, num_steps, spacing)
+        abar, abar_prev = _abar(schedule, ts), _abar(schedule, t_prev)
+        a, b, c, d = _conversion_coefs(objective, abar)
+        sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar)) * np.sqrt(1.0 - abar / abar_prev)
+        e = np.sqrt(abar_prev)
+        f = np.sqrt(np.maximum(1.0 - abar_prev - sigma ** 2, 0.0))  # >= 0 exactly; max absorbs rounding
+        table = np.stack([a, b, c, d, e, f, np.zeros_like(e), sigma], axis=1)
+        super().__init__(schedule, ts, table, clip_x0)
+        self.eta, self.spacing, self.objective = float(eta), spacing, objective
+        self.t_prev = [int(t) for t in t_prev]
+
+
+class NaiveSampler(CoefSampler):
+    """The baseline people try first: at step i of n, move a fraction m = 1/(n - i) of the way
+    from x to pred_x0 (x = (1 - m) x + m pred_x0); the last step lands on pred_x0. No noise.
+    Timesteps as DDIM's grid."""
+
+    def __init__(self, schedule, num_steps=50, spacing="leading", objective="eps", clip_x0=True):
+        ts, t_prev = _descending_grid(schedule, num_steps, spacing)
+        n = len(ts)
+        a, b, c, d = _conversion_coefs(objective, _abar(schedule, ts))
+        m = 1.0 / (n - np.arange(n))
+        zeros = np.zeros(n)
+        table = np.stack([a, b, c, d, m, zeros, 1.0 - m, zeros], axis=1)
+        super().__init__(schedule, ts, table, clip_x0)
+        self.spacing, self.objective = spacing, objective
+        self.t_prev = [int(t) for t in t_prev]
+
+
+class DDIMInverter(CoefSampler):
+    """Deterministic DDIM inversion (DDIM eq. 13 run forward): clean x0 -> x at the top of the grid.
+
+    Convention (as diffusers' DDIMInverseScheduler and null-text inversion): ``timesteps`` is the
+    DDIM grid ascending; at step i the model is evaluated at t = timesteps[i] on x, which sits at
+    the level t_from = timesteps[i-1] (clean, abar = 1, for i = 0), and the step maps x to level t:
+
+        eps    = the model's eps at t (eps_coefs(abar_t) applied to x and x0_coefs(abar_t))
+        x_next = sqrt(abar_t) * pred_x0_from + sqrt(1 - abar_t) * eps,
+        pred_x0_from = (x - sqrt(1 - abar_from) eps) / sqrt(abar_from)
+
+    i.e. x_next / sqrt(abar_t) = x / sqrt(abar_from) + (sqrt(1/abar_t - 1) - sqrt(1/abar_from - 1)) eps.
+    In the generic form: e = 0, f = sqrt(1-abar_t) - sqrt(abar_t (1-abar_from) / abar_from),
+    g = sqrt(abar_t / abar_from), sigma = 0, no clipping. If eps(x, t) equals the noise of
+    x = q_sample(x0, t_from, noise) the step lands exactly on q_sample(x0, t, noise), so
+    ``DDIMSampler`` (eta = 0) on the same grid retraces the path back to x0. The pred_x0
+    returned by ``step`` is the model's estimate at level t. ``t_next`` lists the target levels
+    (= timesteps); ``t_from`` the starting levels.
+    """
+
+    def __init__(self, schedule, num_steps=50, spacing="leading", objective="eps"):
+        ts = timestep_grid(schedule.num_timesteps, num_steps, spacing)
+        t_from = np.append(-1, ts[:-1])
+        abar, abar_from = _abar(schedule, ts), _abar(schedule, t_from)
+        a, b, c, d = _conversion_coefs(objective, abar)
+        f = np.sqrt(1.0 - abar) - np.sqrt(abar * (1.0 - abar_from) / abar_from)
+        g = np.sqrt(abar / abar_from)
+        zeros = np.zeros_like(abar)
+        table = np.stack([a, b, c, d, zeros, f, g, zeros], axis=1)
+        super().__init__(schedule, ts, table, clip_x0=False)
+        self.spacing, self.objective = spacing, objective
+        self.t_from = [int(t) for t in t_from]
+        self.t_next = list(self.timesteps)
+
+
+def make_sampler(name, schedule, num_steps=50, eta=0.0, spacing="leading", objective="eps",
+                 clip_x0=True):
+    """Build a sampler by name: 'ddpm' (all T steps; num_steps, eta and spacing unused),
+    'ddim', or 'naive' (eta unused)."""
+    check_choice("sampler", name, SAMPLERS)
+    if name == "ddpm":
+        return DDPMSampler(schedule, objective=objective, clip_x0=clip_x0)
+    if name == "ddim":
+        return DDIMSampler(schedule, num_steps=num_steps, eta=eta, spacing=spacing,
+                           objective=objective, clip_x0=clip_x0)
+    return NaiveSampler(schedule, num_steps=num_steps, spacing=spacing, objective=objective,
+                        clip_x0=clip_x0)

@@ -1,0 +1,259 @@
+"""Samplers against oracles: a perfect denoiser, the DDPM posterior, the eps-form update."""
+import math
+
+import numpy as np
+import pytest
+
+from ddpm_ms.samplers import (COEF_NAMES, SPACINGS, DDIMInverter, DDIMSampler, DDPMSampler,
+                              NaiveSampler, generic_update, make_sampler, timestep_grid)
+from ddpm_ms.schedule import OBJECTIVES, NoiseSchedule, target
+
+T = 1000
+SHAPE = (2, 1, 4, 4)
+
+
+@pytest.fixture(scope="module")
+def sched():
+    return NoiseSchedule("linear", T)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x0 = rng.uniform(-0.9, 0.9, SHAPE)       # inside [-1, 1], so clipping is a no-op for exact pred_x0
+    eps0 = rng.standard_normal(SHAPE)
+    z = rng.standard_normal(SHAPE)
+    return x0, eps0, z
+
+
+def abar(s, t):
+    return 1.0 if t < 0 else s.alphas_cumprod[t]
+
+
+def perfect_eps(s, x0, x, t):
+    """The eps that makes pred_x0 exact: (x - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
+    ab = abar(s, t)
+    return (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+
+
+def perfect_out(s, objective, x0, x, t):
+    return target(objective, x0, perfect_eps(s, x0, x, t), abar(s, t))
+
+
+def test_grids_by_hand():
+    assert timestep_grid(T, 10, "leading").tolist() == list(range(0, 1000, 100))
+    assert timestep_grid(T, 10, "trailing").tolist() == list(range(99, 1000, 100))
+    assert timestep_grid(T, 10, "linspace").tolist() == [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
+    assert timestep_grid(T, 3, "trailing").tolist() == [332, 666, 999]
+    assert timestep_grid(T, 6, "linspace").tolist() == [0, 200, 400, 599, 799, 999]  # rounded, not floored
+    assert timestep_grid(T, 3, "leading").tolist() == [0, 333, 666]
+    for spacing in SPACINGS:
+        assert timestep_grid(T, T, spacing).tolist() == list(range(T))
+        assert len(timestep_grid(T, 1, spacing)) == 1
+
+
+def test_t_prev_from_grid(sched):
+    s = DDIMSampler(sched, 3, spacing="trailing")
+    assert s.timesteps == [999, 666, 332]
+    assert s.t_prev == [666, 332, -1]    # not t - T // S
+    assert s.coef_table.shape == (3, len(COEF_NAMES))
+    assert s.coefs(332)["e"] == 1.0      # abar_prev = 1 on the last step
+    assert DDPMSampler(sched).timesteps == list(range(T - 1, -1, -1))
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("num_steps", [1, 10, 50, 1000])
+def test_ddim_eta0_perfect_denoiser_lands_on_x0(sched, data, spacing, num_steps):
+    x0, eps0, _ = data
+    sampler = DDIMSampler(sched, num_steps, eta=0.0, spacing=spacing)
+    x = eps0.copy()
+    for t in sampler.timesteps:
+        x, pred_x0 = sampler.step(perfect_eps(sched, x0, x, t), t, x)
+    np.testing.assert_allclose(x, x0, rtol=0, atol=1e-9)
+
+
+def test_ddim_eta0_constant_eps_follows_forward_marginals(sched, data):
+    """With the true noise as model output, every DDIM step lands on q_sample(x0, t_prev, eps0)."""
+    x0, eps0, _ = data
+    sampler = DDIMSampler(sched, 7, eta=0.0, spacing="linspace", clip_x0=False)
+    x = sched.q_sample(x0, np.full(2, sampler.timesteps[0]), eps0)
+    for t, t_prev in zip(sampler.timesteps, sampler.t_prev):
+        x, pred_x0 = sampler.step(eps0, t, x)
+        np.testing.assert_allclose(pred_x0, x0, atol=1e-10)
+        ab = abar(sched, t_prev)
+        np.testing.assert_allclose(x, math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps0, atol=1e-10)
+
+
+def test_ddpm_noise0_is_posterior_mean(sched, data):
+    x0, eps0, _ = data
+    sampler = DDPMSampler(sched, clip_x0=True)
+    for t in (0, 1, 400, 999):
+        xt = sched.q_sample(x0, np.full(2, t), eps0)
+        x_prev, pred_x0 = sampler.step(eps0, t, xt, noise=np.zeros(SHAPE))
+        np.testing.assert_allclose(pred_x0, x0, atol=1e-9)
+        # Ho et al. eq. 7, written out from betas and alphas_cumprod
+        ab, ab_prev, beta = abar(sched, t), abar(sched, t - 1), sched.betas[t]
+        mean = (math.sqrt(ab_prev) * beta / (1 - ab) * x0
+                + math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab) * xt)
+        np.testing.assert_allclose(x_prev, mean, atol=1e-9)
+    assert sampler.coefs(0)["sigma"] == 0.0
+    assert sampler.coefs(500)["sigma"] ** 2 == pytest.approx(sched.posterior_variance[500], rel=1e-12)
+
+
+def test_ddpm_unclipped_equals_tutorial_eps_form(sched, data):
+    x0, eps0, z = data
+    sampler = DDPMSampler(sched, clip_x0=False)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(SHAPE) * 3.0        # far from the data, so clipping would matter
+    model_out = rng.standard_normal(SHAPE)
+    for t in (999, 500, 10, 1):
+        beta, ab = sched.betas[t], abar(sched, t)
+        sigma = math.sqrt(beta * (1 - abar(sched, t - 1)) / (1 - ab))
+        expected = 1 / math.sqrt(1 - beta) * (x - beta / math.sqrt(1 - ab) * model_out) + sigma * z
+        got, _ = sampler.step(model_out, t, x, noise=z)
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+    got_clipped, _ = DDPMSampler(sched, clip_x0=True).step(model_out, 500, x, noise=z)
+    assert not np.allclose(got_clipped, got)
+
+
+def test_ddim_eta1_all_steps_is_ddpm_variance(sched):
+    ddim, ddpm = DDIMSampler(sched, T, eta=1.0), DDPMSampler(sched)
+    sigma_ddim = ddim.coef_table[:, COEF_NAMES.index("sigma")]
+    sigma_ddpm = ddpm.coef_table[:, COEF_NAMES.index("sigma")]
+    assert ddim.timesteps == ddpm.timesteps
+    np.testing.assert_allclose(sigma_ddim ** 2, sched.posterior_variance[::-1], rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(sigma_ddim, sigma_ddpm, rtol=1e-10)
+
+
+@pytest.mark.parametrize("make", [
+    lambda s, o: DDPMSampler(s, objective=o),
+    lambda s, o: DDIMSampler(s, 20, eta=0.5, spacing="trailing", objective=o),
+    lambda s, o: NaiveSampler(s, 20, objective=o),
+    lambda s, o: DDIMInverter(s, 20, objective=o),
+])
+def test_objectives_agree_with_perfect_outputs(sched, data, make):
+    x0, eps0, z = data
+    results = {}
+    for objective in OBJECTIVES:
+        sampler = make(sched, objective)
+        t = sampler.timesteps[len(sampler.timesteps) // 2]
+        x = sched.q_sample(x0, np.full(2, t), eps0)
+        results[objective] = sampler.step(perfect_out(sched, objective, x0, x, t), t, x, noise=z)[0]
+    np.testing.assert_allclose(results["x0"], results["eps"], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(results["v"], results["eps"], rtol=1e-9, atol=1e-9)
+
+
+def test_naive_coefficients(sched, data):
+    x0, eps0, _ = data
+    sampler = NaiveSampler(sched, 4, spacing="leading")
+    assert sampler.timesteps == [750, 500, 250, 0]
+    for t, m in zip(sampler.timesteps, (1 / 4, 1 / 3, 1 / 2, 1.0)):
+        c = sampler.coefs(t)
+        assert (c["e"], c["g"], c["f"], c["sigma"]) == pytest.approx((m, 1 - m, 0.0, 0.0), abs=1e-15)
+    x = eps0.copy()
+    out = perfect_eps(sched, x0, x, 500)
+    got, pred_x0 = sampler.step(out, 500, x)
+    np.testing.assert_allclose(pred_x0, x0, atol=1e-9)
+    np.testing.assert_allclose(got, 2 / 3 * x + 1 / 3 * x0, atol=1e-9)
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_inversion_round_trip(sched, data, spacing):
+    x0, eps0, _ = data
+    inverter = DDIMInverter(sched, 25, spacing=spacing)
+    assert inverter.timesteps == sorted(inverter.timesteps) and inverter.t_from[0] == -1
+    # (1) the true noise as model output: inversion follows q_sample(x0, t, eps0) exactly
+    x = x0.copy()
+    for t in inverter.timesteps:
+        x, _ = inverter.step(eps0, t, x)
+        np.testing.assert_allclose(x, sched.q_sample(x0, np.full(2, t), eps0), atol=1e-10)
+    sampler = DDIMSampler(sched, 25, eta=0.0, spacing=spacing, clip_x0=False)
+    assert sampler.timesteps == inverter.timesteps[::-1]
+    for t in sampler.timesteps:
+        x, _ = sampler.step(eps0, t, x)
+    np.testing.assert_allclose(x, x0, atol=1e-10)
+    # (2) the x-dependent perfect denoiser: invert then reconstruct returns the image
+    x = x0.copy()
+    for t in inverter.timesteps:
+        x, _ = inverter.step(perfect_eps(sched, x0, x, t), t, x)
+    for t in sampler.timesteps:
+        x, _ = sampler.step(perfect_eps(sched, x0, x, t), t, x)
+    np.testing.assert_allclose(x, x0, atol=1e-9)
+
+
+def test_inverter_first_step_by_hand(sched, data):
+    x0, eps0, _ = data
+    inverter = DDIMInverter(sched, 10, spacing="trailing")
+    t = inverter.timesteps[0]
+    assert t == 99
+    got, _ = inverter.step(eps0, t, x0)   # from clean: x = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+    ab = sched.alphas_cumprod[99]
+    np.testing.assert_allclose(got, math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps0, atol=1e-12)
+
+
+def test_generic_update_linear_form():
+    coefs = [2.0, 3.0, 0.5, -1.0, 0.25, 4.0, -2.0, 0.1]
+    x, out, noise = np.array([0.1, -0.3]), np.array([0.2, 0.8]), np.array([1.0, -1.0])
+    x_prev, pred_x0 = generic_update(coefs, out, x, noise, clip_x0=True)
+    p = np.clip(2.0 * x + 3.0 * out, -1, 1)              # [0.8, 1.8] -> [0.8, 1.0]
+    np.testing.assert_allclose(pred_x0, [0.8, 1.0])
+    e = 0.5 * x - p
+    np.testing.assert_allclose(x_prev, 0.25 * p + 4.0 * e - 2.0 * x + 0.1 * noise)
+
+
+@pytest.mark.parametrize("make", [
+    lambda s: DDPMSampler(s),
+    lambda s: DDIMSampler(s, 10, eta=0.7, spacing="trailing", objective="v"),
+    lambda s: NaiveSampler(s, 10, objective="x0"),
+    lambda s: DDIMInverter(s, 10),
+])
+def test_numpy_and_mindspore_give_the_same_numbers(sched, make):
+    import mindspore as ms
+    sampler = make(sched)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(SHAPE).astype(np.float32)
+    out = rng.standard_normal(SHAPE).astype(np.float32)
+    z = rng.standard_normal(SHAPE).astype(np.float32)
+    t = sampler.timesteps[3]
+    ref = sampler.step(out, t, x, noise=z)
+    got = sampler.step(ms.Tensor(out), t, ms.Tensor(x), noise=ms.Tensor(z))
+    for r, g in zip(ref, got):
+        assert isinstance(g, ms.Tensor) and g.dtype == ms.float32
+        np.testing.assert_allclose(g.asnumpy(), r, rtol=1e-5, atol=1e-5)
+    drawn, _ = sampler.step(ms.Tensor(out), t, ms.Tensor(x))   # noise drawn inside, MindSpore kind
+    assert isinstance(drawn, ms.Tensor) and drawn.shape == SHAPE
+
+
+def test_noise_drawn_only_when_needed(sched, data):
+    x0, eps0, _ = data
+    ddim = DDIMSampler(sched, 10, eta=0.0)
+    a = ddim.step(eps0, 900, eps0)[0]
+    b = ddim.step(eps0, 900, eps0)[0]
+    np.testing.assert_array_equal(a, b)            # eta = 0: deterministic without a noise argument
+    ddpm = DDPMSampler(sched)
+    assert not np.array_equal(ddpm.step(eps0, 900, eps0)[0], ddpm.step(eps0, 900, eps0)[0])
+
+
+def test_make_sampler(sched):
+    assert isinstance(make_sampler("ddpm", sched, 50, 0.0, "leading", "eps", True), DDPMSampler)
+    ddim = make_sampler("ddim", sched, 25, 0.5, "linspace", "v", False)
+    assert isinstance(ddim, DDIMSampler) and ddim.num_steps == 25 and ddim.eta == 0.5
+    assert ddim.objective == "v" and not ddim.clip_x0
+    assert isinstance(make_sampler("naive", sched, num_steps=5), NaiveSampler)
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda s: DDIMSampler(s, 10, eta=-0.1), r"eta must be >= 0"),
+    (lambda s: DDIMSampler(s, 0), r"num_steps must be an integer in \[1, 1000\]"),
+    (lambda s: DDIMSampler(s, 1001), r"num_steps must be an integer in \[1, 1000\]"),
+    (lambda s: NaiveSampler(s, 2.5), r"num_steps must be an integer in \[1, 1000\]"),
+    (lambda s: DDIMSampler(s, 10, spacing="uniform"),
+     r"spacing must be one of 'leading', 'trailing', 'linspace'"),
+    (lambda s: DDIMInverter(s, 10, spacing="quad"), r"spacing must be one of"),
+    (lambda s: DDPMSampler(s, objective="score"), r"objective must be one of 'eps', 'x0', 'v'"),
+    (lambda s: make_sampler("plms", s), r"sampler must be one of 'ddpm', 'ddim', 'naive'"),
+    (lambda s: DDIMSampler(s, 10).step(np.zeros(1), 5, np.zeros(1)), r"t=5 is not one of"),
+])
+def test_bad_arguments(sched, build, match):
+    with pytest.raises(ValueError, match=match):
+        build(sched)
