@@ -412,8 +412,10 @@ def count_params(net):
 def model_summary(net):
     """Trainable parameter counts per part (time_mlp, init_conv, downs.i, mid, ups.i, final), one a line."""
     parts = {}
-    for p in net.trainable_params():
-        names = p.name.split(".")
+    for name, p in net.parameters_and_names():  # paths relative to net, whatever wraps it
+        if not p.requires_grad:
+            continue
+        names = name.split(".")
         key = ".".join(names[:2]) if names[0] in ("downs", "ups") else names[0]
         parts[key] = parts.get(key, 0) + p.size
     width = max(len(k) for k in parts) + 2

@@ -1,0 +1,147 @@
+"""Checkpoints that are enough to sample from, written so a crash never breaks them.
+
+One ``.ckpt`` (MindSpore's format) holds the network (``<name>``), the EMA copy
+(``ema.<name>``), the optimizer state, the training step and the resolved config as JSON.
+Files are written to a temporary name and renamed into place; ``latest.ckpt`` is replaced
+atomically only after the step file is complete.
+"""
+import glob
+import json
+import os
+import re
+import shutil
+
+FORMAT_VERSION = 1
+EMA_PREFIX = "ema."
+META_KEYS = ("step", "epoch", "config_json", "format_version", "kind")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line saying why."""
+
+
+def save(path, named_tensors, step, config, epoch=0, kind="train"):
+    """Write ``named_tensors`` (iterable of (name, Tensor/Parameter)) and metadata atomically.
+
+    A failure at any point leaves ``path`` as it was (or absent) and removes the temp file.
+    """
+    import mindspore as ms
+
+    from .config import public
+    items = [{"name": name, "data": value} for name, value in named_tensors]
+    meta = {"step": int(step), "epoch": int(epoch), "format_version": FORMAT_VERSION,
+            "config_json": json.dumps(public(config), sort_keys=True), "kind": kind}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.ckpt"  # MindSpore appends .ckpt to names without it
+    try:
+        ms.save_checkpoint(items, tmp, append_dict=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def link_latest(path, run_dir):
+    """Point ``run_dir/latest.ckpt`` at ``path`` (hard link, else copy), atomically."""
+    latest = os.path.join(run_dir, "latest.ckpt")
+    tmp = f"{latest}.tmp{os.getpid()}"
+    try:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:  # file systems without hard links (some OBS mounts)
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, latest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return latest
+
+
+def step_checkpoints(run_dir):
+    """Step checkpoints in ``run_dir`` as [(step, path)], oldest first."""
+    found = []
+    for p in glob.glob(os.path.join(run_dir, "step_*.ckpt")):
+        m = re.match(r"step_(\d+)\.ckpt$", os.path.basename(p))
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def rotate(run_dir, keep):
+    """Delete all but the newest ``keep`` step checkpoints (``latest.ckpt`` is separate)."""
+    ckpts = step_checkpoints(run_dir)
+    for _, p in ckpts[:max(0, len(ckpts) - keep)]:
+        os.remove(p)
+
+
+def load(path):
+    """Read a checkpoint: (tensors dict name -> Parameter, meta dict with 'config' as dict).
+
+    Raises CheckpointError with one line for a missing file, a file that is not a
+    MindSpore checkpoint, or a checkpoint not written by ddpm_ms.
+    """
+    import mindspore as ms
+    if not path or not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        raw = ms.load_checkpoint(path)
+    except Exception:  # MindSpore raises ValueError/RuntimeError for unparsable files
+        raise CheckpointError(f"{path} is not a readable MindSpore checkpoint (corrupt or another format)") from None
+    if "config_json" not in raw or "step" not in raw:
+        raise CheckpointError(f"{path} is a MindSpore checkpoint but not one written by ddpm_ms "
+                              "(no config inside); train with train.py to get one")
+    meta = {}
+    for key in META_KEYS:
+        if key in raw:
+            value = raw.pop(key)
+            meta[key] = value if isinstance(value, str) else value.asnumpy().item()
+    meta["config"] = json.loads(meta.pop("config_json"))
+    return raw, meta
+
+
+def check_compatible(saved_cfg, cfg, keys):
+    """Raise CheckpointError naming the first setting in ``keys`` that differs."""
+    diffs = [f"{k}: checkpoint {saved_cfg.get(k)!r} vs config {cfg.get(k)!r}"
+             for k in keys if saved_cfg.get(k) != cfg.get(k)]
+    if diffs:
+        raise CheckpointError("checkpoint is from a different architecture (" + "; ".join(diffs) + ")")
+
+
+def named(cell):
+    """(path, Parameter) pairs of a cell, paths relative to the cell itself.
+
+    Parameter.name changes when a cell is wrapped (e.g. 'network.' inside the loss cell);
+    checkpoints store networks under these stable relative paths instead.
+    """
+    return list(cell.parameters_and_names())
+
+
+def load_into(named_params, tensors, prefix="", where="checkpoint"):
+    """Copy ``tensors[prefix + name]`` into each Parameter of ``named_params`` ((name, Parameter) pairs).
+
+    Every parameter must be present with the same shape; otherwise CheckpointError names it.
+    """
+    for name, p in named_params:
+        key = prefix + name
+        if key not in tensors:
+            raise CheckpointError(f"{where} has no tensor '{key}': it was written for another network")
+        value = tensors[key]
+        if tuple(value.shape) != tuple(p.shape):
+            raise CheckpointError(f"{where}: '{key}' has shape {tuple(value.shape)}, the network "
+                                  f"expects {tuple(p.shape)} (different architecture or image size)")
+        p.set_data(value.astype(p.dtype) if value.dtype != p.dtype else value)
+
+
+def find_resume(resume, run_dir):
+    """Resolve ``--resume``: '' -> None, 'auto' -> run_dir/latest.ckpt if present, else the path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        latest = os.path.join(run_dir, "latest.ckpt")
+        return latest if os.path.isfile(latest) else None
+    if not os.path.isfile(resume):
+        raise CheckpointError(f"--resume {resume}: no such checkpoint file")
+    return resume

@@ -1,0 +1,54 @@
+"""What every entry script does first: config, CPU settings, device, and one-line errors."""
+import os
+import sys
+
+from .config import ConfigError, build_parser, load_config
+
+# Errors that are the user's to fix: printed as one line, no traceback.
+USER_ERRORS = (ConfigError,)
+
+
+def _user_errors():
+    errors = list(USER_ERRORS)
+    for mod, name in (("ddpm_ms.data", "DataError"), ("ddpm_ms.checkpoint", "CheckpointError"),
+                      ("ddpm_ms.trainer", "TrainingError"), ("ddpm_ms.unet", "UNetConfigError")):
+        module = sys.modules.get(mod)
+        if module is not None and hasattr(module, name):
+            errors.append(getattr(module, name))
+    return tuple(errors)
+
+
+def run_main(main, argv=None):
+    """Run ``main``; a user error prints 'error: <message>' on stderr and exits 2."""
+    try:
+        main(argv)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is a user error
+        if isinstance(err, _user_errors()):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+def prepare(argv=None, description=None, parser=None, verbose=True):
+    """Parse the config, apply CPU settings before MindSpore loads, set up the device."""
+    parser = parser or build_parser(description=description)
+    cfg = load_config(argv, parser=parser)
+    quiet_mindspore()
+    if cfg["device_target"] in ("CPU", "auto"):
+        from .cpu_env import apply_cpu_env
+        apply_cpu_env(verbose=verbose)
+    from .device import setup_device
+    info = setup_device(cfg["device_target"], cfg["mode"], cfg["device_id"], seed=cfg["seed"],
+                        verbose=verbose)
+    cfg["device_target"] = info["device_target"]
+    return cfg, info
+
+
+def quiet_mindspore():
+    """MindSpore logs WARNINGs at import (missing Ascend plug-ins on CPU machines, deprecated
+    FusedSparseAdam); show only its errors unless the user chose a level (GLOG_v)."""
+    os.environ.setdefault("GLOG_v", "3")

@@ -1,0 +1,396 @@
+"""Training: a compiled train step, EMA, checkpoints, exact resume, clean stops.
+
+The loop is visible in :func:`train`; the pieces it calls are small:
+
+* :class:`EMA` keeps an exponential moving average of the weights in a second U-Net,
+  updated inside the train-step graph.
+* :func:`make_train_step` builds the step (loss, gradients, optional all-reduce,
+  global-norm clipping, optimizer update, EMA update) as one ``ms.jit`` graph.
+* Timesteps and noise are drawn per step from a counter-based numpy generator keyed on
+  (seed, step): a resumed run, a run on another device and a data-parallel run over N
+  ranks all draw exactly the same numbers (MindSpore's in-graph random ops keep a state
+  that cannot be saved, and its generator-based random ops do not run on CPU).
+"""
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+from . import checkpoint as ckpt
+from .config import public, save_config
+from .losses import DiffusionLoss
+from .schedule import NoiseSchedule
+from .unet import UNET_KEYS, build_unet, model_summary
+
+# Settings that must match for a checkpoint to load into a network.
+ARCH_KEYS = tuple(UNET_KEYS) + ("image_size", "channels")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, ...); message is one line."""
+
+
+def build_schedule(cfg):
+    return NoiseSchedule(cfg["beta_schedule"], cfg["timesteps"], beta_start=cfg["beta_start"],
+                         beta_end=cfg["beta_end"])
+
+
+_ema_op = ops.MultitypeFuncGraph("ema_op")
+_accum_op = ops.MultitypeFuncGraph("accum_op")
+_mean_op = ops.MultitypeFuncGraph("mean_op")
+_zero_op = ops.MultitypeFuncGraph("zero_op")
+
+
+@_ema_op.register("Tensor", "Tensor", "Tensor")
+def _ema_update(d, ema, w):
+    return ops.assign(ema, ema * d + w * (1.0 - d))
+
+
+@_accum_op.register("Tensor", "Tensor")
+def _accum_add(total, g):
+    return ops.assign_add(total, g)
+
+
+@_mean_op.register("Number", "Tensor")
+def _accum_mean(n, total):
+    return total / n
+
+
+@_zero_op.register("Tensor")
+def _accum_zero(total):
+    return ops.assign(total, ops.zeros_like(total))
+
+
+class EMA(nn.Cell):
+    """ema = d * ema + (1 - d) * w after each optimizer step, inside the graph.
+
+    d = min(decay, (1 + n) / (10 + n)) with warmup (n = number of updates), else decay.
+    ``ema_net`` is a full copy of the network whose parameters are the averages, so it
+    can be used for sampling directly.
+    """
+
+    def __init__(self, net, ema_net, decay, warmup=True):
+        super().__init__()
+        self.weights = ParameterTuple(net.trainable_params())
+        self.ema_weights = ParameterTuple(ema_net.trainable_params())
+        self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.num_updates = Parameter(Tensor(0.0, ms.float32), name="ema_num_updates", requires_grad=False)
+        self.hyper_map = ops.HyperMap()
+
+    def copy_weights(self):
+        """Start the average at the current weights."""
+        for e, w in zip(self.ema_weights, self.weights):
+            e.set_data(w.value().copy())
+
+    def construct(self):
+        n = self.num_updates + 1.0
+        d = Tensor(self.decay, ms.float32)
+        if self.warmup:
+            d = ops.minimum(d, (1.0 + n) / (10.0 + n))
+        d = ops.depend(d, ops.assign(self.num_updates, n))
+        updates = self.hyper_map(ops.partial(_ema_op, d), self.ema_weights, self.weights)
+        return ops.depend(d, updates)
+
+
+def lr_schedule(cfg, total_steps):
+    """Per-step learning rates: linear warmup to lr, then constant or cosine to min_lr."""
+    steps = np.arange(total_steps, dtype=np.float64)
+    warm = max(cfg["warmup_steps"], 0)
+    lr = np.full(total_steps, cfg["lr"], np.float64)
+    if cfg["lr_schedule"] == "cosine":
+        span = max(total_steps - warm, 1)
+        progress = np.clip((steps - warm) / span, 0.0, 1.0)
+        lr = cfg["min_lr"] + 0.5 * (cfg["lr"] - cfg["min_lr"]) * (1 + np.cos(math.pi * progress))
+    if warm:
+        lr = np.where(steps < warm, cfg["lr"] * (steps + 1) / warm, lr)
+    return lr.astype(np.float32)
+
+
+def build_optimizer(cfg, params, lrs):
+    lr = Tensor(lrs)
+    if cfg["optimizer"] == "adamw":
+        return nn.AdamWeightDecay(params, learning_rate=lr, beta1=cfg["adam_beta1"],
+                                  beta2=cfg["adam_beta2"], weight_decay=cfg["weight_decay"])
+    return nn.Adam(params, learning_rate=lr, beta1=cfg["adam_beta1"], beta2=cfg["adam_beta2"],
+                   weight_decay=cfg["weight_decay"])
+
+
+def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None, jit=True):
+    """step(x0, t, noise) -> loss: gradients, reduce, clip, update, EMA, in one graph."""
+    weights = optimizer.parameters
+    grad_fn = ms.value_and_grad(loss_cell, None, weights)
+
+    def step(x0, t, noise):
+        loss, grads = grad_fn(x0, t, noise)
+        if grad_reducer is not None:
+            grads = grad_reducer(grads)
+        if grad_clip > 0:
+            grads = ops.clip_by_global_norm(grads, grad_clip)
+        loss = ops.depend(loss, optimizer(grads))
+        if ema is not None:
+            loss = ops.depend(loss, ema())
+        return loss
+
+    return ms.jit(step) if jit else step
+
+
+def make_accum_steps(loss_cell, optimizer, ema, accum, grad_clip=0.0, grad_reducer=None, jit=True):
+    """Gradient accumulation: micro(x0, t, noise) -> loss adds grads; apply() updates."""
+    weights = optimizer.parameters
+    grad_fn = ms.value_and_grad(loss_cell, None, weights)
+    sums = weights.clone(prefix="grad_accum", init="zeros")
+    hyper_map = ops.HyperMap()
+
+    def micro(x0, t, noise):
+        loss, grads = grad_fn(x0, t, noise)
+        return ops.depend(loss, hyper_map(_accum_op, sums, grads))
+
+    def apply():
+        grads = hyper_map(ops.partial(_mean_op, float(accum)), sums)
+        if grad_reducer is not None:
+            grads = grad_reducer(grads)
+        if grad_clip > 0:
+            grads = ops.clip_by_global_norm(grads, grad_clip)
+        done = optimizer(grads)
+        if ema is not None:
+            done = ops.depend(done, ema())
+        return ops.depend(done, hyper_map(_zero_op, sums))
+
+    return (ms.jit(micro), ms.jit(apply)) if jit else (micro, apply)
+
+
+def draw_t_noise(seed, step, micro, batch_shape, timesteps, rank=0, world=1):
+    """t ~ U{0..T-1} and eps ~ N(0, I) for one micro-batch, keyed on (seed, step, micro).
+
+    The draw is made for the global batch (world * B) and rank r takes rows r::world,
+    which are the rows MindSpore's sharded reader gives that rank when not shuffling, so
+    N ranks together see what one process with the global batch sees.
+    """
+    b = batch_shape[0]
+    rng = np.random.Generator(np.random.Philox(key=[seed, step * 1024 + micro]))
+    t = rng.integers(0, timesteps, size=(b * world,), dtype=np.int32)[rank::world]
+    noise = rng.standard_normal((b * world, *batch_shape[1:]), dtype=np.float32)[rank::world]
+    return Tensor(np.ascontiguousarray(t)), Tensor(np.ascontiguousarray(noise))
+
+
+class Trainer:
+    """Everything a run needs, built from a resolved Config; ``run()`` trains."""
+
+    def __init__(self, cfg, rank=0, world=1, grad_reducer_factory=None, log=print):
+        self.cfg, self.rank, self.world, self.log = cfg, rank, world, log
+        self.is_main = rank == 0
+        self.run_dir = os.path.join(cfg["output_dir"], cfg["run_name"])
+        self.schedule = build_schedule(cfg)
+        self.net = build_unet(cfg)
+        self.ema_net = build_unet(cfg) if cfg["ema_decay"] > 0 else None
+        if self.ema_net is not None:
+            self.ema_net.update_parameters_name(ckpt.EMA_PREFIX)
+        self.loss_cell = DiffusionLoss(self.net, self.schedule, objective=cfg["objective"],
+                                       loss_type=cfg["loss_type"], p2_gamma=cfg["p2_gamma"],
+                                       p2_k=cfg["p2_k"])
+        self.dataset = None
+        self.steps_per_epoch = None
+        self.total_steps = None
+        self.grad_reducer_factory = grad_reducer_factory
+        self.step = 0
+        self.stop_reason = None
+
+    # ----------------------------------------------------------------- set-up
+    def setup(self, dataset_factory, steps_per_epoch):
+        cfg = self.cfg
+        self.dataset_factory = dataset_factory
+        self.steps_per_epoch = max(1, steps_per_epoch // cfg["grad_accum"])
+        self.total_steps = cfg["max_steps"] or cfg["epochs"] * self.steps_per_epoch
+        self.lrs = lr_schedule(cfg, self.total_steps)
+        self.optimizer = build_optimizer(cfg, self.net.trainable_params(), self.lrs)
+        self.ema = None
+        if self.ema_net is not None:
+            self.ema = EMA(self.net, self.ema_net, cfg["ema_decay"], cfg["ema_warmup"])
+            self.ema.copy_weights()
+        reducer = self.grad_reducer_factory(self.optimizer.parameters) if self.grad_reducer_factory else None
+        jit = cfg["mode"] == "graph"
+        self.net.set_train(True)
+        if cfg["grad_accum"] > 1:
+            self.micro_step, self.apply_step = make_accum_steps(
+                self.loss_cell, self.optimizer, self.ema, cfg["grad_accum"], cfg["grad_clip"], reducer, jit)
+        else:
+            self.train_step = make_train_step(self.loss_cell, self.optimizer, self.ema,
+                                              cfg["grad_clip"], reducer, jit)
+
+    def state_tensors(self):
+        """(name, tensor) pairs of everything a resume needs."""
+        items = ckpt.named(self.net)
+        if self.ema_net is not None:
+            items += [(ckpt.EMA_PREFIX + name, p) for name, p in ckpt.named(self.ema_net)]
+            items.append((self.ema.num_updates.name, self.ema.num_updates))
+        return items + self._optimizer_state()
+
+    def _optimizer_state(self):
+        """(name, Parameter) of the optimizer's own state (moments, step, beta powers)."""
+        weights = {id(p) for p in self.optimizer.parameters}
+        return [(p.name, p) for p in self.optimizer.get_parameters()
+                if id(p) not in weights and p.name != "learning_rate"]
+
+    def save(self, epoch):
+        """Write step_<n>.ckpt and point latest.ckpt at it (rank 0 only)."""
+        if not self.is_main:
+            return None
+        path = os.path.join(self.run_dir, f"step_{self.step:08d}.ckpt")
+        ckpt.save(path, self.state_tensors(), self.step, self.cfg, epoch=epoch)
+        ckpt.link_latest(path, self.run_dir)
+        ckpt.rotate(self.run_dir, max(self.cfg["keep_checkpoints"], 1))
+        return path
+
+    def restore(self, path):
+        """Load a checkpoint written by save(); returns the epoch it was in."""
+        tensors, meta = ckpt.load(path)
+        ckpt.check_compatible(meta["config"], self.cfg, ARCH_KEYS)
+        ckpt.load_into(ckpt.named(self.net), tensors, where=path)
+        ckpt.load_into(self._optimizer_state(), tensors, where=path)
+        if self.ema_net is not None:
+            ckpt.load_into(ckpt.named(self.ema_net), tensors, prefix=ckpt.EMA_PREFIX, where=path)
+            ckpt.load_into([(self.ema.num_updates.name, self.ema.num_updates)], tensors, where=path)
+        self.step = int(meta["step"])
+        return int(meta.get("epoch", 0))
+
+    # ------------------------------------------------------------------ loop
+    def run(self):
+        """Train until max_steps / epochs / max_minutes / a signal; returns the final step."""
+        from tqdm import tqdm
+
+        from .logging_utils import MetricsLog
+        cfg = self.cfg
+        if self.is_main:
+            os.makedirs(self.run_dir, exist_ok=True)
+            save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
+            self.log(model_summary(self.net))
+            self.log("config: " + json.dumps(public(cfg), sort_keys=True))
+        resume = ckpt.find_resume(cfg["resume"], self.run_dir)
+        epoch = 0
+        if resume:
+            epoch = self.restore(resume)
+            self.log(f"resumed from {resume} at step {self.step}")
+        metrics = MetricsLog(self.run_dir, enabled=self.is_main, resume_step=self.step)
+        previous = _install_signal_handlers(self)
+        start = time.time()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main,
+                   unit="step", dynamic_ncols=True, file=sys.stdout)
+        loss_sum, loss_count, window_start, window_images = None, 0, time.time(), 0
+        images_per_step = cfg["batch_size"] * cfg["grad_accum"] * self.world
+        try:
+            while self.step < self.total_steps and self.stop_reason is None:
+                epoch = self.step // self.steps_per_epoch
+                skip = (self.step % self.steps_per_epoch) * cfg["grad_accum"]
+                for micro_batches in _groups(self.dataset_factory(epoch, skip), cfg["grad_accum"]):
+                    loss = self._one_step(micro_batches)
+                    self.step += 1
+                    loss_sum = loss if loss_sum is None else loss_sum + loss
+                    loss_count += 1
+                    window_images += images_per_step
+                    at_end = self.step >= self.total_steps
+                    if cfg["max_minutes"] and (time.time() - start) / 60 >= cfg["max_minutes"]:
+                        self.stop_reason = f"max_minutes={cfg['max_minutes']} reached"
+                    if self.step % cfg["log_every"] == 0 or at_end or self.stop_reason:
+                        mean_loss = float(loss_sum.asnumpy()) / loss_count
+                        if not math.isfinite(mean_loss):
+                            raise TrainingError(
+                                f"loss became {mean_loss} between steps {self.step - loss_count + 1} and "
+                                f"{self.step}; stopped without saving (last good checkpoint kept). Lower "
+                                "lr or enable grad_clip")
+                        speed = window_images / max(time.time() - window_start, 1e-9)
+                        lr = float(self.lrs[min(self.step - 1, len(self.lrs) - 1)])
+                        metrics.write(step=self.step, epoch=epoch, loss=mean_loss, lr=lr,
+                                      images_per_s=speed, elapsed_s=time.time() - start)
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+                        loss_sum, loss_count, window_start, window_images = None, 0, time.time(), 0
+                    bar.update(1)
+                    if self.step % cfg["save_every"] == 0 or at_end or self.stop_reason:
+                        self._check_finite()
+                        self.save(epoch)
+                    if self.is_main and cfg["sample_every"] and self.step % cfg["sample_every"] == 0:
+                        self.preview(f"samples_step{self.step:08d}.png")
+                    if at_end or self.stop_reason:
+                        break
+        finally:
+            bar.close()
+            _restore_signal_handlers(previous)
+        if self.is_main:
+            metrics.plot(os.path.join(self.run_dir, "loss.png"))
+            self.preview("samples.png")
+        why = self.stop_reason or f"reached step {self.step}"
+        self.log(f"stopped: {why}; checkpoint {os.path.join(self.run_dir, 'latest.ckpt')}")
+        return self.step
+
+    def _one_step(self, micro_batches):
+        """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss tensor."""
+        cfg = self.cfg
+        draws = [draw_t_noise(cfg["seed"], self.step, m, x0.shape, cfg["timesteps"], self.rank, self.world)
+                 for m, x0 in enumerate(micro_batches)]
+        if cfg["grad_accum"] == 1:
+            return self.train_step(micro_batches[0], *draws[0])
+        total = None
+        for x0, (t, noise) in zip(micro_batches, draws):
+            loss = self.micro_step(x0, t, noise)
+            total = loss if total is None else total + loss
+        self.apply_step()
+        return total / len(micro_batches)
+
+    def _check_finite(self):
+        for p in self.net.trainable_params()[:1] + self.net.trainable_params()[-1:]:
+            if not np.isfinite(p.asnumpy()).all():
+                raise TrainingError(f"parameter {p.name} is not finite at step {self.step}; "
+                                    "not saving (last good checkpoint kept)")
+
+    def preview(self, name):
+        """A grid of EMA (or raw) samples with the configured sampler, few steps."""
+        from .data import save_grid, to_uint8
+        from .sampling import sample
+        cfg = self.cfg
+        net = self.ema_net if self.ema_net is not None else self.net
+        images = sample(net, self.schedule, cfg["num_preview"], (cfg["channels"], cfg["image_size"],
+                        cfg["image_size"]), sampler=cfg["sampler"], num_steps=cfg["sample_steps"],
+                        eta=cfg["eta"], spacing=cfg["spacing"], objective=cfg["objective"],
+                        clip_x0=cfg["clip_x0"], seed=cfg["seed"], progress=False)
+        self.net.set_train(True)
+        path = os.path.join(self.run_dir, name)
+        save_grid(to_uint8(images), path)
+        return path
+
+
+def _groups(iterator, n):
+    """Lists of n consecutive items (a trailing incomplete group is dropped)."""
+    group = []
+    for item in iterator:
+        group.append(item)
+        if len(group) == n:
+            yield group
+            group = []
+
+
+def _install_signal_handlers(trainer):
+    """SIGTERM / SIGINT ask the loop to stop after the current step and save."""
+    def handler(signum, _frame):
+        name = signal.Signals(signum).name
+        if trainer.stop_reason is not None:  # second signal: give up at once
+            raise KeyboardInterrupt
+        trainer.stop_reason = f"{name} received; saved and exiting (resume with --resume auto)"
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    return previous
+
+
+def _restore_signal_handlers(previous):
+    for sig, h in previous.items():
+        signal.signal(sig, h)
