@@ -1,0 +1,180 @@
+"""Training: exact resume, atomic checkpoints, incompatible checkpoints, EMA, lr schedule, NaN stop."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mindspore as ms
+
+from ddpm_ms import checkpoint as ckpt
+from ddpm_ms.config import resolve
+from ddpm_ms.train_job import make_dataset_factory
+from ddpm_ms.data import create_dataset
+from ddpm_ms.trainer import EMA, Trainer, TrainingError, draw_t_noise, lr_schedule
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """24 distinct 8x8 RGB images (a tiny data set the train tests can go through fast)."""
+    root = tmp_path_factory.mktemp("tiny_images")
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
+def tiny_cfg(folder, out, **over):
+    base = dict(dataset="image_folder", data_dir=str(folder), image_size=8, channels=3, dim=8,
+                dim_mults=[1, 2], attn_heads=1, attn_head_dim=8, timesteps=50, batch_size=4,
+                max_steps=6, lr=1e-3, lr_schedule="cosine", warmup_steps=2, ema_decay=0.9,
+                log_every=1, save_every=2, sample_every=0, num_preview=2, sample_steps=2,
+                output_dir=str(out), run_name="run", shuffle_buffer=32, num_parallel_workers=1,
+                mode="graph", device_target="CPU", seed=3, random_flip=True)
+    base.update(over)
+    return resolve(base=base)
+
+
+def run_trainer(cfg, stop_after=None):
+    ms.set_context(mode=ms.GRAPH_MODE if cfg["mode"] == "graph" else ms.PYNATIVE_MODE)
+    ds_probe = create_dataset(cfg, training=True)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    trainer.setup(make_dataset_factory(cfg), ds_probe.get_dataset_size())
+    if stop_after is not None:  # what the SIGTERM handler does, at a chosen step
+        one_step = trainer._one_step
+
+        def stopping_step(batches):
+            loss = one_step(batches)
+            if trainer.step + 1 >= stop_after:
+                trainer.stop_reason = "test stop"
+            return loss
+        trainer._one_step = stopping_step
+    trainer.run()
+    return trainer
+
+
+def params_of(trainer):
+    state = {name: p.asnumpy().copy() for name, p in trainer.state_tensors()}
+    return state
+
+
+def test_exact_resume_matches_uninterrupted_run(tiny_folder, tmp_path):
+    # 24 images / batch 4 = 6 steps per epoch; 9 steps crosses an epoch boundary
+    full = run_trainer(tiny_cfg(tiny_folder, tmp_path / "a", max_steps=9))
+    first = run_trainer(tiny_cfg(tiny_folder, tmp_path / "b", max_steps=9), stop_after=4)
+    assert first.step == 4
+    resumed = run_trainer(tiny_cfg(tiny_folder, tmp_path / "b", max_steps=9, resume="auto"))
+    assert resumed.step == 9
+    a, b = params_of(full), params_of(resumed)
+    assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a) and any("moment1" in k for k in a)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # and the run really trained: weights moved away from a fresh initialisation
+    fresh = Trainer(tiny_cfg(tiny_folder, tmp_path / "c"), log=lambda *_: None)
+    name, p = ckpt.named(fresh.net)[0]
+    assert not np.allclose(p.asnumpy(), dict(ckpt.named(full.net))[name].asnumpy())
+
+
+def test_checkpoint_rotation_latest_and_outputs(tiny_folder, tmp_path):
+    cfg = tiny_cfg(tiny_folder, tmp_path, max_steps=8, save_every=2, keep_checkpoints=2)
+    run_trainer(cfg)
+    run_dir = tmp_path / "run"
+    steps = [s for s, _ in ckpt.step_checkpoints(str(run_dir))]
+    assert steps == [6, 8]
+    assert os.path.samefile(run_dir / "latest.ckpt", run_dir / "step_00000008.ckpt")
+    for name in ("config.yaml", "metrics.jsonl", "loss.png", "samples.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    _, meta = ckpt.load(str(run_dir / "latest.ckpt"))
+    assert meta["step"] == 8 and meta["config"]["dim"] == 8
+    assert not list(run_dir.glob("*.tmp*")), "temporary files left behind"
+
+
+def test_failed_write_keeps_latest_intact(tiny_folder, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_folder, tmp_path, max_steps=2, save_every=2)
+    trainer = run_trainer(cfg)
+    run_dir = tmp_path / "run"
+    before = (run_dir / "latest.ckpt").read_bytes()
+
+    def broken_save(items, path, append_dict=None):  # dies half-way through the write
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(ms, "save_checkpoint", broken_save)
+    trainer.step = 4
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save(epoch=0)
+    assert (run_dir / "latest.ckpt").read_bytes() == before
+    assert not (run_dir / "step_00000004.ckpt").exists()
+    assert not list(run_dir.glob("*.tmp*"))
+    _, meta = ckpt.load(str(run_dir / "latest.ckpt"))
+    assert meta["step"] == 2
+
+
+def test_incompatible_checkpoint_is_one_clear_line(tiny_folder, tmp_path):
+    run_trainer(tiny_cfg(tiny_folder, tmp_path, max_steps=2, save_every=2))
+    other = tiny_cfg(tiny_folder, tmp_path, dim=12, resume="auto", max_steps=4)
+    with pytest.raises(ckpt.CheckpointError, match=r"different architecture \(dim: checkpoint 8 vs config 12\)"):
+        run_trainer(other)
+    with pytest.raises(ckpt.CheckpointError, match="not a readable MindSpore checkpoint"):
+        bad = tmp_path / "bad.ckpt"
+        bad.write_bytes(b"not a checkpoint at all")
+        ckpt.load(str(bad))
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = resolve(base=dict(lr=1.0, min_lr=0.1, warmup_steps=4, lr_schedule="cosine", max_steps=14))
+    lrs = lr_schedule(cfg, 14)
+    np.testing.assert_allclose(lrs[:4], [0.25, 0.5, 0.75, 1.0], rtol=1e-6)
+    # after warmup: 0.1 + 0.45 (1 + cos(pi (s - 4) / 10))
+    s = np.arange(4, 14)
+    np.testing.assert_allclose(lrs[4:], 0.1 + 0.45 * (1 + np.cos(np.pi * (s - 4) / 10)), rtol=1e-6)
+    const = lr_schedule(resolve(base=dict(lr=0.3, lr_schedule="constant", max_steps=5)), 5)
+    np.testing.assert_allclose(const, 0.3)
+
+
+def test_ema_update_matches_formula():
+    from ddpm_ms.unet import UNet
+    net, ema_net = UNet(dim=8, dim_mults=(1, 2), channels=1, attn_heads=1, attn_head_dim=8), \
+        UNet(dim=8, dim_mults=(1, 2), channels=1, attn_heads=1, attn_head_dim=8)
+    ema_net.update_parameters_name("ema.")
+    ema = EMA(net, ema_net, decay=0.99, warmup=True)
+    ema.copy_weights()
+    w0 = net.trainable_params()[0]
+    start = w0.asnumpy().copy()
+    w0.set_data(ms.Tensor(start + 1.0))
+    d = float(ema().asnumpy())
+    assert d == pytest.approx(2 / 11)  # warmup: min(0.99, (1 + 1) / (10 + 1))
+    np.testing.assert_allclose(ema_net.trainable_params()[0].asnumpy(), d * start + (1 - d) * (start + 1.0),
+                               rtol=1e-6)
+    d2 = float(ema().asnumpy())
+    assert d2 == pytest.approx(3 / 12)
+
+
+def test_draw_t_noise_ranks_split_the_global_draw():
+    t1, n1 = draw_t_noise(7, 5, 0, (4, 1, 2, 2), 100)
+    t_full, n_full = draw_t_noise(7, 5, 0, (8, 1, 2, 2), 100, rank=0, world=1)
+    parts = [draw_t_noise(7, 5, 0, (4, 1, 2, 2), 100, rank=r, world=2) for r in range(2)]
+    np.testing.assert_array_equal(parts[0][0].asnumpy(), t_full.asnumpy()[0::2])
+    np.testing.assert_array_equal(parts[1][1].asnumpy(), n_full.asnumpy()[1::2])
+    again = draw_t_noise(7, 5, 0, (4, 1, 2, 2), 100)
+    np.testing.assert_array_equal(again[1].asnumpy(), n1.asnumpy())
+    other_step = draw_t_noise(7, 6, 0, (4, 1, 2, 2), 100)
+    assert not np.array_equal(other_step[1].asnumpy(), n1.asnumpy())
+    assert t1.asnumpy().min() >= 0 and t1.asnumpy().max() < 100
+
+
+def test_nan_loss_stops_without_saving(tiny_folder, tmp_path):
+    cfg = tiny_cfg(tiny_folder, tmp_path, max_steps=4, save_every=2, log_every=1, mode="pynative")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    trainer.setup(make_dataset_factory(cfg), 6)
+    one_step = trainer._one_step
+
+    def poisoned(batches):
+        loss = one_step(batches)
+        return loss * float("nan") if trainer.step >= 2 else loss
+    trainer._one_step = poisoned
+    with pytest.raises(TrainingError, match="loss became nan between steps 3 and 3"):
+        trainer.run()
+    _, meta = ckpt.load(str(tmp_path / "run" / "latest.ckpt"))
+    assert meta["step"] == 2
