@@ -316,3 +316,16 @@ def save_config(cfg, path):
 def config_from_dict(values):
     """Rebuild a validated Config from a saved dict (e.g. a checkpoint's); unknown keys fail."""
     return resolve(base=values)
+
+
+def markdown_table():
+    """The settings as a Markdown table (key, default, meaning), for README."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, (default, _kind, help_text) in DEFAULTS.items():
+        shown = json.dumps(default) if not isinstance(default, str) else (default or '""')
+        rows.append(f"| `{key}` | `{shown}` | {help_text.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
