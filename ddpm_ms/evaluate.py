@@ -1,0 +1,194 @@
+"""Score a set of samples against a reference: FID, KID, precision and recall.
+
+    python -m ddpm_ms.evaluate --samples out/samples.npz --ref fashion_mnist \
+        [--data_dir data/fashion-mnist] [--ref_split test|train] [--num_ref N] [--classifier PATH]
+
+``samples.npz`` holds ``images``: uint8 (N, H, W, C), as written by ``sample.py``. ``--ref``
+is ``fashion_mnist`` (the official IDX files under ``--data_dir``) or the path of another
+samples ``.npz`` (compare two sample sets). Prints one JSON object on stdout; progress goes
+to stderr.
+
+Precision can be fooled: in our feature space uniform-noise images form one tight cluster
+that sits inside the k-NN ball of a single outlying real image, giving precision ~1 for pure
+noise. Read it together with ``coverage`` (Naeem et al. 2020), which stays ~0 there.
+
+Fashion-MNIST features come from our own classifier (``ddpm_ms.feature_net``), so its FID is
+NOT comparable with Inception-based FIDs in papers, only between runs reporting the same
+``feature_net.sha256``. When the classifier cache is missing it is trained first (a few
+minutes on CPU, once). RGB data (cifar10, image folders) needs an InceptionV3 network, which
+is not implemented yet: ``--inception_ckpt`` is required and then a clear error is raised.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from . import metrics
+
+__all__ = ["EvalError", "GRAY_REFS", "RGB_REFS", "load_samples", "load_reference", "evaluate_images",
+           "build_arg_parser", "main"]
+
+GRAY_REFS = ("fashion_mnist",)
+RGB_REFS = ("cifar10", "image_folder")
+
+
+class EvalError(Exception):
+    """Bad input; the message is one line saying what to fix."""
+
+
+def _log(msg):
+    print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
+
+
+def load_samples(path, what="samples"):
+    """uint8 images (N, H, W, C) from the ``images`` array of an npz file, checked."""
+    if not os.path.isfile(path):
+        raise EvalError(f"{what} file not found: {path}")
+    try:
+        with np.load(path) as f:
+            if "images" not in f.files:
+                raise EvalError(f"{path} has no 'images' array (found: {', '.join(f.files) or 'nothing'})")
+            images = f["images"]
+    except EvalError:
+        raise
+    except Exception as e:  # not a zip / corrupt npz
+        raise EvalError(f"cannot read {path} as .npz: {e}") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise EvalError(f"{path}: 'images' must be uint8 (N, H, W, C) with C in (1, 3), "
+                        f"got {images.dtype} {images.shape}")
+    if images.shape[0] < 2:
+        raise EvalError(f"{path}: need at least 2 images, got {images.shape[0]}")
+    return images
+
+
+def _rgb_error(args):
+    if not args.inception_ckpt:
+        raise EvalError("RGB FID needs --inception_ckpt PATH (a MindSpore InceptionV3 checkpoint you provide; "
+                        "nothing is downloaded)")
+    if not os.path.isfile(args.inception_ckpt):
+        raise EvalError(f"--inception_ckpt not found: {args.inception_ckpt}")
+    raise EvalError("not implemented yet: RGB FID needs an InceptionV3 feature network, which ddpm_ms "
+                    "does not include yet (only Fashion-MNIST-style 28x28x1 images are supported)")
+
+
+def load_reference(args, rng):
+    """Reference uint8 images (M, H, W, C) and a label for the JSON output."""
+    ref = args.ref
+    if ref.endswith(".npz") or os.path.isfile(ref):
+        images, label = load_samples(ref, "reference"), os.path.abspath(ref)
+    elif ref in RGB_REFS:
+        _rgb_error(args)
+    elif ref in GRAY_REFS:
+        from .feature_net import FeatureNetError, load_fashion_mnist
+        try:
+            images, _ = load_fashion_mnist(args.data_dir, args.ref_split)
+        except FeatureNetError as e:
+            raise EvalError(str(e)) from None
+        images, label = images[..., None], f"{ref}:{args.ref_split}"
+    else:
+        raise EvalError(f"--ref must be one of {', '.join(GRAY_REFS + RGB_REFS)} or a samples .npz path, "
+                        f"got {ref!r}")
+    if args.num_ref and args.num_ref < len(images):
+        images = images[np.sort(rng.choice(len(images), args.num_ref, replace=False))]
+    return images, label
+
+
+def _classifier(args):
+    """(net, sha256, meta) of the Fashion-MNIST classifier, training it when absent."""
+    from .feature_net import (NET_NAME, FeatureNetError, default_classifier_path, load_feature_net,
+                              read_meta, train_classifier)
+    path = args.classifier or default_classifier_path()
+    try:
+        if not os.path.isfile(path):
+            _log(f"classifier {path} not found: training it on Fashion-MNIST from {args.data_dir} "
+                 f"(a few minutes, once)")
+            train_classifier(args.data_dir, path, epochs=2, seed=0, log=_log)
+        net, sha = load_feature_net(path)
+        meta = read_meta(path)
+    except FeatureNetError as e:
+        raise EvalError(str(e)) from None
+    info = {"name": NET_NAME, "path": os.path.abspath(path), "sha256": sha,
+            "test_accuracy": meta.get("test_accuracy")}
+    return net, info
+
+
+def evaluate_images(fake_feats, real_feats, kid_subsets=100, kid_subset_size=1000, k=3, seed=0):
+    """Metrics dict from feature arrays fake (N, D) and real (M, D)."""
+    fid = metrics.fid_from_features(fake_feats, real_feats)
+    kid_mean, kid_std = metrics.kid(fake_feats, real_feats, kid_subsets, kid_subset_size, seed)
+    precision, recall = metrics.precision_recall(real_feats, fake_feats, k=k)
+    density, coverage = metrics.density_coverage(real_feats, fake_feats, k=k)
+    return {"fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall,
+            "density": density, "coverage": coverage}
+
+
+def build_arg_parser():
+    p = argparse.ArgumentParser(
+        description="FID / KID / precision / recall of samples against a reference; prints JSON. "
+                    "Fashion-MNIST uses our own classifier's 128-d features (ddpm_ms.feature_net); if its "
+                    "cache is missing it is trained first (a few CPU minutes, once). RGB references "
+                    "(cifar10, image_folder) need --inception_ckpt and are not implemented yet.",
+        allow_abbrev=False)
+    p.add_argument("--samples", required=True, help="npz with 'images' uint8 (N, H, W, C)")
+    p.add_argument("--ref", default="fashion_mnist",
+                   help="fashion_mnist, cifar10, image_folder, or another samples .npz path")
+    p.add_argument("--data_dir", default="data/fashion-mnist",
+                   help="folder with the Fashion-MNIST IDX files (.gz or decompressed)")
+    p.add_argument("--ref_split", default="test", choices=("test", "train"))
+    p.add_argument("--num_ref", type=int, default=0,
+                   help="random subset of the reference of this size (0 = all)")
+    p.add_argument("--classifier", default=None,
+                   help="feature classifier checkpoint (default: $DDPM_MS_CACHE or ~/.cache/ddpm_ms/"
+                        "fmnist_classifier.ckpt; trained when missing)")
+    p.add_argument("--inception_ckpt", default=None, help="MindSpore InceptionV3 checkpoint for RGB data")
+    p.add_argument("--kid_subsets", type=int, default=100)
+    p.add_argument("--kid_subset_size", type=int, default=1000)
+    p.add_argument("--k", type=int, default=3, help="k of the k-NN radii for precision/recall")
+    p.add_argument("--seed", type=int, default=0, help="seed for reference subsets and KID subsets")
+    p.add_argument("--device_target", default="CPU", choices=("auto", "CPU", "GPU", "Ascend"))
+    return p
+
+
+def run(args):
+    """Evaluate per parsed ``args``; returns the result dict (raises EvalError)."""
+    rng = np.random.default_rng(args.seed)
+    fake = load_samples(args.samples)
+    if fake.shape[-1] == 3:
+        _rgb_error(args)
+    real, ref_label = load_reference(args, rng)
+    if real.shape[1:] != (28, 28, 1) or fake.shape[1:] != (28, 28, 1):
+        raise EvalError(f"the Fashion-MNIST feature net needs 28x28x1 images, got samples {fake.shape[1:]} "
+                        f"and reference {real.shape[1:]}")
+    if args.k >= min(len(real), len(fake)):
+        raise EvalError(f"--k {args.k} needs more than {args.k} images in each set "
+                        f"(samples {len(fake)}, reference {len(real)})")
+
+    from .device import setup_device
+    setup_device(args.device_target, mode="pynative", verbose=False)
+    from .feature_net import extract_features
+    net, net_info = _classifier(args)
+    _log(f"features of {len(fake)} samples and {len(real)} reference images ({ref_label})")
+    fake_f, real_f = extract_features(net, fake), extract_features(net, real)
+    result = evaluate_images(fake_f, real_f, args.kid_subsets, args.kid_subset_size, args.k, args.seed)
+    result.update(num_samples=int(len(fake)), num_ref=int(len(real)), ref=ref_label,
+                  samples=os.path.abspath(args.samples), feature_net=net_info)
+    return result
+
+
+def main(argv=None):
+    from .cpu_env import apply_cpu_env
+    apply_cpu_env(verbose=False)
+    args = build_arg_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except EvalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
