@@ -31,6 +31,7 @@ DEFAULTS = {
     "image_size": (28, int, "image height = width"),
     "channels": (1, int, "1 (grayscale) or 3 (RGB)"),
     "random_flip": (True, bool, "random horizontal flip during training"),
+    "shuffle": (True, bool, "shuffle training data; false: file order, no flip (parity tests)"),
     "shuffle_buffer": (10000, int, "dataset shuffle buffer"),
     "num_parallel_workers": (2, int, "dataset worker threads"),
     "drop_remainder": (True, bool, "drop the last incomplete batch"),

@@ -5,7 +5,12 @@ The loop is visible in :func:`train`; the pieces it calls are small:
 * :class:`EMA` keeps an exponential moving average of the weights in a second U-Net,
   updated inside the train-step graph.
 * :func:`make_train_step` builds the step (loss, gradients, optional all-reduce,
-  global-norm clipping, optimizer update, EMA update) as one ``ms.jit`` graph.
+  global-norm clipping, optimizer update, EMA update) as one ``ms.jit`` graph. With mixed
+  precision (``amp_level`` other than O0) the U-Net's convolutions and matmuls run in
+  float16 and the step scales the loss, unscales the gradients and skips the update (and
+  the EMA) when they are not finite (dynamic loss scaling).
+* Data parallel (:mod:`ddpm_ms.distributed`): gradients are averaged over the ranks inside
+  the step, the logged loss is the global-batch loss, and only rank 0 writes files.
 * Timesteps and noise are drawn per step from a counter-based numpy generator keyed on
   (seed, step): a resumed run, a run on another device and a data-parallel run over N
   ranks all draw exactly the same numbers (MindSpore's in-graph random ops keep a state
@@ -22,15 +27,19 @@ import numpy as np
 
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore.amp import DynamicLossScaler, all_finite
 
 from . import checkpoint as ckpt
-from .config import public, save_config
+from .config import ConfigError, public, save_config
 from .losses import DiffusionLoss
 from .schedule import NoiseSchedule
-from .unet import UNET_KEYS, build_unet, model_summary
+from .unet import UNET_KEYS, build_unet, model_summary, set_compute_dtype
 
 # Settings that must match for a checkpoint to load into a network.
 ARCH_KEYS = tuple(UNET_KEYS) + ("image_size", "channels")
+# Checkpoint names of the dynamic loss scaler's state (mixed precision only).
+LOSS_SCALE_VALUE, LOSS_SCALE_COUNTER = "loss_scale.value", "loss_scale.counter"
+LOSS_SCALE_WINDOW = 1000  # finite steps before the scale doubles
 
 
 class TrainingError(RuntimeError):
@@ -123,34 +132,82 @@ def build_optimizer(cfg, params, lrs):
                    weight_decay=cfg["weight_decay"])
 
 
-def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None, jit=True):
-    """step(x0, t, noise) -> loss: gradients, reduce, clip, update, EMA, in one graph."""
-    weights = optimizer.parameters
-    grad_fn = ms.value_and_grad(loss_cell, None, weights)
+def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None, jit=True,
+                    loss_scaler=None, loss_reducer=None):
+    """step(x0, t, noise) -> loss: gradients, reduce, clip, update, EMA, in one graph.
 
-    def step(x0, t, noise):
-        loss, grads = grad_fn(x0, t, noise)
-        if grad_reducer is not None:
+    loss_reducer: averages the loss over ranks (data parallel), for logging only.
+    loss_scaler (mixed precision): a ``mindspore.amp.DynamicLossScaler``; the step then returns
+    (loss, finite): the scaled loss is differentiated, the gradients are unscaled and, when any
+    is inf/NaN, neither the optimizer nor the EMA is applied and the scale is lowered.
+    """
+    weights = optimizer.parameters
+    if loss_scaler is None:
+        grad_fn = ms.value_and_grad(loss_cell, None, weights)
+
+        def step(x0, t, noise):
+            loss, grads = grad_fn(x0, t, noise)
+            if grad_reducer is not None:
+                grads = grad_reducer(grads)
+            if grad_clip > 0:
+                grads = ops.clip_by_global_norm(grads, grad_clip)
+            loss = ops.depend(loss, optimizer(grads))
+            if ema is not None:
+                loss = ops.depend(loss, ema())
+            if loss_reducer is not None:
+                loss = loss_reducer(loss)
+            return loss
+
+        return ms.jit(step) if jit else step
+
+    def scaled_loss(x0, t, noise):
+        return loss_scaler.scale(loss_cell(x0, t, noise))
+
+    scaled_grad_fn = ms.value_and_grad(scaled_loss, None, weights)
+
+    def amp_step(x0, t, noise):
+        scaled, grads = scaled_grad_fn(x0, t, noise)
+        loss = loss_scaler.unscale(scaled)
+        grads = loss_scaler.unscale(grads)
+        if grad_reducer is not None:  # an overflow on any rank reaches every rank's sum
             grads = grad_reducer(grads)
-        if grad_clip > 0:
-            grads = ops.clip_by_global_norm(grads, grad_clip)
-        loss = ops.depend(loss, optimizer(grads))
-        if ema is not None:
-            loss = ops.depend(loss, ema())
-        return loss
+        if loss_reducer is not None:
+            loss = loss_reducer(loss)
+        finite = all_finite(grads)
+        loss_scaler.adjust(finite)
+        if finite:
+            if grad_clip > 0:
+                grads = ops.clip_by_global_norm(grads, grad_clip)
+            loss = ops.depend(loss, optimizer(grads))
+            if ema is not None:
+                loss = ops.depend(loss, ema())
+        return loss, finite
 
-    return ms.jit(step) if jit else step
+    return ms.jit(amp_step) if jit else amp_step
 
 
-def make_accum_steps(loss_cell, optimizer, ema, accum, grad_clip=0.0, grad_reducer=None, jit=True):
-    """Gradient accumulation: micro(x0, t, noise) -> loss adds grads; apply() updates."""
+def make_accum_steps(loss_cell, optimizer, ema, accum, grad_clip=0.0, grad_reducer=None, jit=True,
+                     loss_scaler=None, loss_reducer=None):
+    """Gradient accumulation: micro(x0, t, noise) -> loss adds grads; apply() updates.
+
+    With ``loss_scaler`` the micro-steps add unscaled gradients and apply() returns whether
+    they were finite (the update, the EMA and the scale change happen only in apply()).
+    """
     weights = optimizer.parameters
-    grad_fn = ms.value_and_grad(loss_cell, None, weights)
+
+    def scaled_loss(x0, t, noise):
+        return loss_scaler.scale(loss_cell(x0, t, noise))
+
+    grad_fn = ms.value_and_grad(loss_cell if loss_scaler is None else scaled_loss, None, weights)
     sums = weights.clone(prefix="grad_accum", init="zeros")
     hyper_map = ops.HyperMap()
 
     def micro(x0, t, noise):
         loss, grads = grad_fn(x0, t, noise)
+        if loss_scaler is not None:
+            loss, grads = loss_scaler.unscale(loss), loss_scaler.unscale(grads)
+        if loss_reducer is not None:
+            loss = loss_reducer(loss)
         return ops.depend(loss, hyper_map(_accum_op, sums, grads))
 
     def apply():
@@ -164,32 +221,97 @@ def make_accum_steps(loss_cell, optimizer, ema, accum, grad_clip=0.0, grad_reduc
             done = ops.depend(done, ema())
         return ops.depend(done, hyper_map(_zero_op, sums))
 
+    def amp_apply():
+        grads = hyper_map(ops.partial(_mean_op, float(accum)), sums)
+        if grad_reducer is not None:
+            grads = grad_reducer(grads)
+        finite = all_finite(grads)
+        loss_scaler.adjust(finite)
+        if finite:
+            if grad_clip > 0:
+                grads = ops.clip_by_global_norm(grads, grad_clip)
+            finite = ops.depend(finite, optimizer(grads))
+            if ema is not None:
+                finite = ops.depend(finite, ema())
+        return ops.depend(finite, hyper_map(_zero_op, sums))
+
+    if loss_scaler is not None:
+        apply = amp_apply
     return (ms.jit(micro), ms.jit(apply)) if jit else (micro, apply)
+
+
+def make_loss_scaler(cfg):
+    """DynamicLossScaler(loss_scale, factor 2, window 1000) with checkpoint-friendly names."""
+    if cfg["loss_scale"] < 1:
+        raise ConfigError(f"config key 'loss_scale' must be at least 1 with amp_level "
+                          f"{cfg['amp_level']}, got {cfg['loss_scale']}")
+    scaler = DynamicLossScaler(scale_value=float(cfg["loss_scale"]), scale_factor=2,
+                               scale_window=LOSS_SCALE_WINDOW)
+    scaler.scale_value.name = LOSS_SCALE_VALUE
+    scaler.counter.name = LOSS_SCALE_COUNTER
+    return scaler
+
+
+def use_data_sink(cfg, device_target):
+    """Resolve ``data_sink`` (auto | on | off) for a device; ConfigError when it cannot be on.
+
+    auto = on for Ascend and GPU (without gradient accumulation), off on CPU: MindSpore's
+    data sink (``mindspore.data_sink``) does not run on CPU.
+    """
+    mode = cfg["data_sink"]
+    accel = device_target in ("Ascend", "GPU")
+    if mode == "on" and not accel:
+        raise ConfigError(f"data_sink on needs Ascend or GPU; MindSpore cannot sink data on "
+                          f"{device_target}: use --data_sink auto (or off)")
+    if mode == "on" and cfg["grad_accum"] > 1:
+        raise ConfigError("data_sink on does not combine with grad_accum > 1: use --data_sink off")
+    return mode == "on" or (mode == "auto" and accel and cfg["grad_accum"] == 1)
 
 
 def draw_t_noise(seed, step, micro, batch_shape, timesteps, rank=0, world=1):
     """t ~ U{0..T-1} and eps ~ N(0, I) for one micro-batch, keyed on (seed, step, micro).
 
     The draw is made for the global batch (world * B) and rank r takes rows r::world,
-    which are the rows MindSpore's sharded reader gives that rank when not shuffling, so
-    N ranks together see what one process with the global batch sees.
+    which are the rows MindSpore's sharded reader gives that rank when not shuffling (its
+    DistributedSampler deals row i to shard i % world), so N ranks together see what one
+    process with the global batch sees. Returns Tensors int32 [B], float32 batch_shape.
     """
+    t, noise = draw_t_noise_np(seed, step, micro, batch_shape, timesteps, rank, world)
+    return Tensor(t), Tensor(noise)
+
+
+def draw_t_noise_np(seed, step, micro, batch_shape, timesteps, rank=0, world=1):
+    """:func:`draw_t_noise` as contiguous numpy arrays (for data pipelines)."""
     b = batch_shape[0]
     rng = np.random.Generator(np.random.Philox(key=[seed, step * 1024 + micro]))
     t = rng.integers(0, timesteps, size=(b * world,), dtype=np.int32)[rank::world]
     noise = rng.standard_normal((b * world, *batch_shape[1:]), dtype=np.float32)[rank::world]
-    return Tensor(np.ascontiguousarray(t)), Tensor(np.ascontiguousarray(noise))
+    return np.ascontiguousarray(t), np.ascontiguousarray(noise)
 
 
 class Trainer:
-    """Everything a run needs, built from a resolved Config; ``run()`` trains."""
+    """Everything a run needs, built from a resolved Config; ``run()`` trains.
 
-    def __init__(self, cfg, rank=0, world=1, grad_reducer_factory=None, log=print):
-        self.cfg, self.rank, self.world, self.log = cfg, rank, world, log
+    Data parallel: pass ``comm`` (a :class:`ddpm_ms.distributed.Comm`; it gives rank, world,
+    the gradient reducer, the loss mean and the stop vote), or rank / world /
+    grad_reducer_factory by hand. Only rank 0 (``is_main``) writes files or logs.
+    ``save_hooks``: callables run with the path after each checkpoint is written (rank 0),
+    e.g. the ModelArts upload.
+    """
+
+    def __init__(self, cfg, rank=0, world=1, grad_reducer_factory=None, log=print, comm=None):
+        if comm is not None:
+            rank, world = comm.rank, comm.world
+            grad_reducer_factory = grad_reducer_factory or comm.grad_reducer
+        self.cfg, self.rank, self.world, self.comm = cfg, rank, world, comm
         self.is_main = rank == 0
+        self.log = log if self.is_main else (lambda *_a, **_k: None)
         self.run_dir = os.path.join(cfg["output_dir"], cfg["run_name"])
         self.schedule = build_schedule(cfg)
         self.net = build_unet(cfg)
+        self.amp = cfg["amp_level"] != "O0"
+        if self.amp:  # O1/O2/O3/auto: convs and matmuls in float16; norms, softmax, loss in float32
+            set_compute_dtype(self.net, ms.float16)
         self.ema_net = build_unet(cfg) if cfg["ema_decay"] > 0 else None
         if self.ema_net is not None:
             self.ema_net.update_parameters_name(ckpt.EMA_PREFIX)
@@ -200,12 +322,25 @@ class Trainer:
         self.steps_per_epoch = None
         self.total_steps = None
         self.grad_reducer_factory = grad_reducer_factory
+        self.loss_scaler = None
+        self.save_hooks = []
+        self.sink = False
+        self._sink_fn = None
         self.step = 0
         self.stop_reason = None
 
     # ----------------------------------------------------------------- set-up
-    def setup(self, dataset_factory, steps_per_epoch):
+    def setup(self, dataset_factory, steps_per_epoch, sink_dataset_factory=None):
+        """Optimizer, EMA and compiled steps. ``dataset_factory(epoch, skip)`` gives an epoch's
+        batches; with data sink (Ascend/GPU) ``sink_dataset_factory(start_step)`` gives one
+        endless dataset with columns (x0, t, noise) instead."""
         cfg = self.cfg
+        self.sink = use_data_sink(cfg, ms.get_context("device_target"))
+        if self.sink:
+            if sink_dataset_factory is None:
+                raise ValueError("data sink needs sink_dataset_factory")
+            self.sink_dataset_factory = sink_dataset_factory
+            dataset_factory = _step_tokens(steps_per_epoch)
         self.dataset_factory = dataset_factory
         self.steps_per_epoch = max(1, steps_per_epoch // cfg["grad_accum"])
         self.total_steps = cfg["max_steps"] or cfg["epochs"] * self.steps_per_epoch
@@ -216,14 +351,18 @@ class Trainer:
             self.ema = EMA(self.net, self.ema_net, cfg["ema_decay"], cfg["ema_warmup"])
             self.ema.copy_weights()
         reducer = self.grad_reducer_factory(self.optimizer.parameters) if self.grad_reducer_factory else None
+        loss_reducer = self.comm.loss_reducer() if self.comm is not None and self.world > 1 else None
+        self.loss_scaler = make_loss_scaler(cfg) if self.amp else None
         jit = cfg["mode"] == "graph"
         self.net.set_train(True)
         if cfg["grad_accum"] > 1:
             self.micro_step, self.apply_step = make_accum_steps(
-                self.loss_cell, self.optimizer, self.ema, cfg["grad_accum"], cfg["grad_clip"], reducer, jit)
+                self.loss_cell, self.optimizer, self.ema, cfg["grad_accum"], cfg["grad_clip"], reducer, jit,
+                loss_scaler=self.loss_scaler, loss_reducer=loss_reducer)
         else:
             self.train_step = make_train_step(self.loss_cell, self.optimizer, self.ema,
-                                              cfg["grad_clip"], reducer, jit)
+                                              cfg["grad_clip"], reducer, jit,
+                                              loss_scaler=self.loss_scaler, loss_reducer=loss_reducer)
 
     def state_tensors(self):
         """(name, tensor) pairs of everything a resume needs."""
@@ -231,7 +370,14 @@ class Trainer:
         if self.ema_net is not None:
             items += [(ckpt.EMA_PREFIX + name, p) for name, p in ckpt.named(self.ema_net)]
             items.append((self.ema.num_updates.name, self.ema.num_updates))
-        return items + self._optimizer_state()
+        return items + self._optimizer_state() + self._loss_scale_state()
+
+    def _loss_scale_state(self):
+        """(name, Parameter) of the dynamic loss scaler (mixed precision), so resume is exact."""
+        if self.loss_scaler is None:
+            return []
+        return [(LOSS_SCALE_VALUE, self.loss_scaler.scale_value),
+                (LOSS_SCALE_COUNTER, self.loss_scaler.counter)]
 
     def _optimizer_state(self):
         """(name, Parameter) of the optimizer's own state (moments, step, beta powers)."""
@@ -247,6 +393,8 @@ class Trainer:
         ckpt.save(path, self.state_tensors(), self.step, self.cfg, epoch=epoch)
         ckpt.link_latest(path, self.run_dir)
         ckpt.rotate(self.run_dir, max(self.cfg["keep_checkpoints"], 1))
+        for hook in self.save_hooks:
+            hook(path)
         return path
 
     def restore(self, path):
@@ -258,6 +406,12 @@ class Trainer:
         if self.ema_net is not None:
             ckpt.load_into(ckpt.named(self.ema_net), tensors, prefix=ckpt.EMA_PREFIX, where=path)
             ckpt.load_into([(self.ema.num_updates.name, self.ema.num_updates)], tensors, where=path)
+        if self.loss_scaler is not None:
+            if LOSS_SCALE_VALUE in tensors:
+                ckpt.load_into(self._loss_scale_state(), tensors, where=path)
+            else:
+                self.log(f"{path} has no loss-scale state (trained without amp); starting at "
+                         f"loss_scale={self.cfg['loss_scale']}")
         self.step = int(meta["step"])
         return int(meta.get("epoch", 0))
 
@@ -278,12 +432,17 @@ class Trainer:
         if resume:
             epoch = self.restore(resume)
             self.log(f"resumed from {resume} at step {self.step}")
+        if self.comm is not None and self.world > 1 and not self.comm.same_on_all(self.step):
+            raise TrainingError(f"rank {self.rank} starts at step {self.step} but another rank does not: "
+                                "every node must see the same checkpoint (a shared run folder, or "
+                                "--resume PATH / --checkpoint_url available on every node)")
         metrics = MetricsLog(self.run_dir, enabled=self.is_main, resume_step=self.step)
         previous = _install_signal_handlers(self)
         start = time.time()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main,
                    unit="step", dynamic_ncols=True, file=sys.stdout)
         loss_sum, loss_count, window_start, window_images = None, 0, time.time(), 0
+        applied = None  # amp: number of applied (finite) steps in the window, as a tensor
         images_per_step = cfg["batch_size"] * cfg["grad_accum"] * self.world
         try:
             while self.step < self.total_steps and self.stop_reason is None:
@@ -291,6 +450,11 @@ class Trainer:
                 skip = (self.step % self.steps_per_epoch) * cfg["grad_accum"]
                 for micro_batches in _groups(self.dataset_factory(epoch, skip), cfg["grad_accum"]):
                     loss = self._one_step(micro_batches)
+                    if isinstance(loss, tuple):  # amp: a skipped (overflowed) step adds no loss
+                        loss, finite = loss
+                        loss = ops.select(finite, loss, ops.zeros_like(loss))
+                        finite = finite.astype(ms.float32)
+                        applied = finite if applied is None else applied + finite
                     self.step += 1
                     loss_sum = loss if loss_sum is None else loss_sum + loss
                     loss_count += 1
@@ -298,9 +462,22 @@ class Trainer:
                     at_end = self.step >= self.total_steps
                     if cfg["max_minutes"] and (time.time() - start) / 60 >= cfg["max_minutes"]:
                         self.stop_reason = f"max_minutes={cfg['max_minutes']} reached"
+                    if self.comm is not None and self.world > 1:  # every rank stops at the same step
+                        if self.comm.any_true(self.stop_reason is not None) and self.stop_reason is None:
+                            self.stop_reason = "another rank stopped (signal or max_minutes); saved and exiting"
                     if self.step % cfg["log_every"] == 0 or at_end or self.stop_reason:
-                        mean_loss = float(loss_sum.asnumpy()) / loss_count
-                        if not math.isfinite(mean_loss):
+                        good = loss_count if applied is None else int(round(float(applied.asnumpy())))
+                        row = {}
+                        if applied is not None:
+                            row = {"skipped_steps": loss_count - good,
+                                   "loss_scale": float(self.loss_scaler.scale_value.asnumpy())}
+                        mean_loss = float(loss_sum.asnumpy()) / good if good else None
+                        if good == 0 and row["loss_scale"] <= 1.0:
+                            raise TrainingError(
+                                f"every step from {self.step - loss_count + 1} to {self.step} overflowed "
+                                "even at loss scale 1; stopped without saving (last good checkpoint kept). "
+                                "Lower lr, enable grad_clip or use amp_level O0")
+                        if mean_loss is not None and not math.isfinite(mean_loss):
                             raise TrainingError(
                                 f"loss became {mean_loss} between steps {self.step - loss_count + 1} and "
                                 f"{self.step}; stopped without saving (last good checkpoint kept). Lower "
@@ -308,9 +485,11 @@ class Trainer:
                         speed = window_images / max(time.time() - window_start, 1e-9)
                         lr = float(self.lrs[min(self.step - 1, len(self.lrs) - 1)])
                         metrics.write(step=self.step, epoch=epoch, loss=mean_loss, lr=lr,
-                                      images_per_s=speed, elapsed_s=time.time() - start)
-                        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+                                      images_per_s=speed, elapsed_s=time.time() - start, **row)
+                        shown = "skipped" if mean_loss is None else f"{mean_loss:.4f}"
+                        bar.set_postfix(loss=shown, lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
                         loss_sum, loss_count, window_start, window_images = None, 0, time.time(), 0
+                        applied = None
                     bar.update(1)
                     if self.step % cfg["save_every"] == 0 or at_end or self.stop_reason:
                         self._check_finite()
@@ -330,8 +509,11 @@ class Trainer:
         return self.step
 
     def _one_step(self, micro_batches):
-        """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss tensor."""
+        """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss tensor
+        (amp: a tuple (loss, finite) where finite False means the step was skipped)."""
         cfg = self.cfg
+        if self.sink:
+            return self._sink_step()
         draws = [draw_t_noise(cfg["seed"], self.step, m, x0.shape, cfg["timesteps"], self.rank, self.world)
                  for m, x0 in enumerate(micro_batches)]
         if cfg["grad_accum"] == 1:
@@ -340,8 +522,17 @@ class Trainer:
         for x0, (t, noise) in zip(micro_batches, draws):
             loss = self.micro_step(x0, t, noise)
             total = loss if total is None else total + loss
-        self.apply_step()
-        return total / len(micro_batches)
+        finite = self.apply_step()
+        loss = total / len(micro_batches)
+        return (loss, finite) if self.loss_scaler is not None else loss
+
+    def _sink_step(self):
+        """Data sink (Ascend/GPU only, written from the MindSpore docs; not run on CPU): the
+        dataset (x0, t, noise) is fed to the device queue and the same train step reads it."""
+        if self._sink_fn is None:
+            dataset = self.sink_dataset_factory(self.step)
+            self._sink_fn = ms.data_sink(self.train_step, dataset, sink_size=1)
+        return self._sink_fn()
 
     def _check_finite(self):
         for p in self.net.trainable_params()[:1] + self.net.trainable_params()[-1:]:
@@ -363,6 +554,13 @@ class Trainer:
         path = os.path.join(self.run_dir, name)
         save_grid(to_uint8(images), path)
         return path
+
+
+def _step_tokens(steps_per_epoch):
+    """A dataset_factory for data sink: the loop only counts steps, the device reads the data."""
+    def factory(_epoch, skip):
+        return iter([None] * max(steps_per_epoch - skip, 0))
+    return factory
 
 
 def _groups(iterator, n):

@@ -1,0 +1,193 @@
+"""Data parallel (msrun), data sharding, the data-sink switch.
+
+The slow test launches 2 msrun workers on the CPU and checks they train exactly like one
+process with the global batch (same losses, same parameters), that only rank 0 writes, and
+that a 2-worker run resumes.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm_ms import checkpoint as ckpt
+from ddpm_ms import distributed
+from ddpm_ms.config import ConfigError, resolve
+from ddpm_ms.data import create_dataset
+from ddpm_ms.train_job import make_dataset_factory, make_sink_dataset_factory
+from ddpm_ms.trainer import draw_t_noise, use_data_sink
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_VARS = ("MS_ROLE", "MS_WORKER_NUM", "RANK_SIZE", "RANK_TABLE_FILE", "RANK_ID", "MS_SCHED_HOST",
+               "MS_SCHED_PORT", "MS_NODE_ID")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dp_images")
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
+def tiny_cfg(folder, **over):
+    base = dict(dataset="image_folder", data_dir=str(folder), image_size=8, channels=3, batch_size=4,
+                timesteps=50, shuffle=False, random_flip=False, num_parallel_workers=1, seed=3)
+    base.update(over)
+    return resolve(base=base)
+
+
+# ------------------------------------------------------------------ switches
+def test_wanted_follows_launchers():
+    cfg = resolve(base={})
+    assert not distributed.wanted(cfg, environ={})
+    assert distributed.wanted(cfg, environ={"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "1"})  # msrun, even 1 worker
+    assert distributed.wanted(cfg, environ={"RANK_TABLE_FILE": "/x.json", "RANK_SIZE": "8"})
+    assert distributed.wanted(cfg, environ={"RANK_SIZE": "2"})
+    assert not distributed.wanted(cfg, environ={"RANK_SIZE": "1"})
+    assert distributed.wanted(resolve(base={"distribute": True}), environ={"MS_ROLE": "MS_WORKER"})
+    with pytest.raises(ConfigError, match="no launcher"):
+        distributed.wanted(resolve(base={"distribute": True}), environ={})
+    assert distributed.launched_world_size({"MS_WORKER_NUM": "4", "RANK_SIZE": "8"}) == 4
+
+
+def test_data_sink_switch():
+    cfg = resolve(base={})
+    assert not use_data_sink(cfg, "CPU")
+    assert use_data_sink(cfg, "Ascend") and use_data_sink(cfg, "GPU")
+    assert not use_data_sink(resolve(base={"grad_accum": 2}), "Ascend")
+    assert not use_data_sink(resolve(base={"data_sink": "off"}), "Ascend")
+    with pytest.raises(ConfigError, match="data_sink on needs Ascend or GPU"):
+        use_data_sink(resolve(base={"data_sink": "on"}), "CPU")
+    with pytest.raises(ConfigError, match="grad_accum"):
+        use_data_sink(resolve(base={"data_sink": "on", "grad_accum": 2}), "GPU")
+
+
+def test_train_py_data_sink_on_cpu_is_one_line(tmp_path, tiny_folder):
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset", "image_folder", "--data_dir",
+                           str(tiny_folder), "--device_target", "CPU", "--data_sink", "on",
+                           "--output_dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: data_sink on needs Ascend or GPU; MindSpore cannot sink data on CPU: "
+                      "use --data_sink auto (or off)"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ sharding and draws
+def test_rank_batches_are_strided_rows_of_the_global_batch(tiny_folder):
+    """MindSpore deals row i to shard i % N (unshuffled): rank r's batch k is rows r::N of the
+    global batch k, which is what draw_t_noise assumes."""
+    single = list(make_dataset_factory(tiny_cfg(tiny_folder, batch_size=8))(0, 0))
+    ranks = [list(make_dataset_factory(tiny_cfg(tiny_folder), 2, r)(0, 0)) for r in range(2)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 3
+    for k, glob in enumerate(single):
+        for r in range(2):
+            np.testing.assert_array_equal(ranks[r][k].asnumpy(), glob.asnumpy()[r::2])
+
+
+def test_shuffled_shards_are_disjoint(tiny_folder):
+    cfg = tiny_cfg(tiny_folder, shuffle=True, shuffle_buffer=0, batch_size=2)
+    seen = [np.concatenate([b.asnumpy() for b in make_dataset_factory(cfg, 2, r)(0, 0)]) for r in range(2)]
+    rows = {r.tobytes() for part in seen for r in part}
+    assert len(rows) == 24
+
+
+def test_sink_dataset_carries_the_host_draws(tiny_folder):
+    cfg = tiny_cfg(tiny_folder)
+    host = list(make_dataset_factory(cfg, 2, 1)(0, 0))
+    sink = make_sink_dataset_factory(cfg, 2, 1)(start_step=1)
+    rows = sink.create_tuple_iterator(num_epochs=1, output_numpy=True)
+    for step in (1, 2, 3):  # step 3 is the next epoch's first batch
+        x0, t, noise = next(rows)
+        np.testing.assert_array_equal(x0, host[step % 3].asnumpy())
+        want_t, want_noise = draw_t_noise(cfg["seed"], step, 0, x0.shape, cfg["timesteps"], rank=1, world=2)
+        np.testing.assert_array_equal(t, want_t.asnumpy())
+        np.testing.assert_array_equal(noise, want_noise.asnumpy())
+
+
+# ------------------------------------------------------------------ msrun (slow)
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_args(folder, out, **over):
+    args = dict(dataset="image_folder", data_dir=str(folder), image_size=8, channels=3, dim=8, dim_mults="1,2",
+                attn_heads=1, attn_head_dim=8, timesteps=50, lr_schedule="constant", lr=1e-3, ema_decay=0.9,
+                log_every=1, save_every=2, keep_checkpoints=3, sample_every=0, num_preview=2, sample_steps=2,
+                shuffle="false", random_flip="false", num_parallel_workers=1, device_target="CPU",
+                mode="graph", seed=3, output_dir=str(out), run_name="run")
+    args.update(over)
+    return [a for k, v in args.items() for a in (f"--{k}", str(v))]
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(extra)
+    return env
+
+
+def run_msrun(tmp_path, args, log_dir):
+    env = clean_env(PYTHON=sys.executable, MASTER_PORT=str(free_port()), LOG_DIR=str(log_dir))
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "run_distribute_train.sh"), "2", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+    logs = "".join(p.read_text(errors="replace")[-3000:] for p in sorted(Path(log_dir).glob("*.log")))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs
+    return proc
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+
+
+def assert_same_state(path_a, path_b, atol=2e-5):
+    a, meta_a = ckpt.load(str(path_a))
+    b, meta_b = ckpt.load(str(path_b))
+    assert meta_a["step"] == meta_b["step"]
+    assert a.keys() == b.keys()
+    diff = max(float(np.abs(a[k].asnumpy() - b[k].asnumpy()).max()) for k in a)
+    assert diff <= atol, f"max parameter difference {diff}"
+    return diff
+
+
+@pytest.mark.slow
+def test_msrun_two_workers_match_one_process_and_resume(tmp_path, tiny_folder):
+    # one process, global batch 8, 6 steps (constant lr: a 4-step run resumed to 6 is the same run)
+    single = subprocess.run([sys.executable, str(ROOT / "train.py"),
+                             *train_args(tiny_folder, tmp_path / "single", batch_size=8, max_steps=6)],
+                            cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=1200)
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = tmp_path / "single" / "run"
+
+    # two msrun workers, batch 4 each, 4 steps
+    run_msrun(tmp_path, train_args(tiny_folder, tmp_path / "dp", batch_size=4, max_steps=4), tmp_path / "logs1")
+    two = tmp_path / "dp" / "run"
+    rows_one, rows_two = metrics(one), metrics(two)
+    assert [r["step"] for r in rows_two] == [1, 2, 3, 4]  # one writer: no duplicated lines
+    np.testing.assert_allclose([r["loss"] for r in rows_two], [r["loss"] for r in rows_one[:4]], rtol=1e-5)
+    assert_same_state(two / "latest.ckpt", one / "step_00000004.ckpt")
+    assert sorted(p.name for p in two.iterdir()) == sorted(
+        ["config.yaml", "metrics.jsonl", "loss.png", "samples.png", "latest.ckpt", "step_00000002.ckpt",
+         "step_00000004.ckpt"])
+    worker1 = (tmp_path / "logs1" / "worker_1.log").read_text(errors="replace")
+    worker0 = (tmp_path / "logs1" / "worker_0.log").read_text(errors="replace")
+    assert "config: {" in worker0 and "config: {" not in worker1 and "stopped:" not in worker1
+
+    # resume the 2-worker run to step 6: same as the uninterrupted single process
+    run_msrun(tmp_path, train_args(tiny_folder, tmp_path / "dp", batch_size=4, max_steps=6, resume="auto"),
+              tmp_path / "logs2")
+    rows_two = metrics(two)
+    assert [r["step"] for r in rows_two] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([r["loss"] for r in rows_two], [r["loss"] for r in rows_one], rtol=1e-5)
+    diff = assert_same_state(two / "latest.ckpt", one / "latest.ckpt")
+    print(f"msrun 2 workers vs 1 process after 6 steps (4 + resumed 2): max parameter difference {diff:.2e}")
