@@ -1,6 +1,14 @@
 """Make images from a checkpoint: the checkpoint alone rebuilds the network.
 
-    python sample.py --ckpt runs/fashion_mnist_smoke/latest.ckpt --sampler ddim --steps 50
+    python sample.py --ckpt runs/fashion_mnist/latest.ckpt                      # config's sampler
+    python sample.py --ckpt X --sampler ddpm --num_samples 16 --seed 1          # all T steps
+    python sample.py --ckpt X --sampler ddim --steps 50 --eta 0 --out samples/
+    python sample.py --ckpt X --sampler naive --steps 50                        # the baseline
+    python sample.py --ckpt X --invert photo.png --steps 100                    # DDIM inversion
+
+Writes grid.png, images/*.png and samples.npz (uint8 N x H x W x C); the same --seed gives
+the same files. Pictures of the forward / reverse process and of interpolations:
+``python -m ddpm_ms.pictures --help``. Errors are one line on stderr, exit code 2.
 """
 import sys
 

@@ -1,30 +1,78 @@
-"""sample.py's body: load a checkpoint, rebuild the network, sample, write PNGs and npz."""
+"""sample.py's body: load a checkpoint, rebuild the network, sample or invert, write files.
+
+Sampling writes into ``--out`` (default ``<ckpt folder>/samples``):
+    grid.png             all images in one grid
+    images/00000.png ... one PNG per image (skip with --no_per_image)
+    samples.npz          ``images``: uint8 [N, H, W, C]
+Inversion (``--invert IMAGE [IMAGE ...]``) writes ``inversion.png`` (each input beside its
+reconstruction) and ``inversion.npz`` (``inputs``, ``reconstructions`` uint8 [N, H, W, C],
+``x_T`` float32 [N, C, H, W]) and prints MSE and PSNR in [0, 255] space.
+
+Every user mistake (missing or foreign checkpoint, --steps out of range, unreadable image)
+raises ConfigError / CheckpointError / DataError, which ``cli.run_main`` prints as one line.
+"""
 import argparse
+import math
 import os
 
 import numpy as np
 
 from .config import ConfigError
 
+MODES_HELP = ("graph: every denoising step is one compiled graph (ms.jit), the fast path; "
+              "pynative: op by op, for comparison and debugging")
+
+
+def add_runtime_args(p):
+    """--device_target/--mode/--device_id, shared with ``python -m ddpm_ms.pictures``."""
+    p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"), default="auto")
+    p.add_argument("--mode", choices=("graph", "pynative"), default="graph", help=MODES_HELP)
+    p.add_argument("--device_id", type=int, default=-1)
+
+
+def add_checkpoint_args(p):
+    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (holds the config)")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                   help="EMA weights (default) or the raw trained weights")
+
+
+def add_sampler_args(p, samplers=("ddpm", "ddim", "naive")):
+    """Sampler options; unset ones fall back to the checkpoint's config."""
+    if len(samplers) > 1:
+        p.add_argument("--sampler", choices=samplers, default=None,
+                       help="ddpm: ancestral, all T steps; ddim: DDIM on a sub-grid (eta 0 = "
+                            "deterministic); naive: step toward pred_x0 (baseline). Default: the "
+                            "checkpoint's config")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps in [1, T] (ddim/naive; ddpm always runs all T). "
+                        "Default: the config's sample_steps")
+    if "ddim" in samplers and len(samplers) > 1:
+        p.add_argument("--eta", type=float, default=None, help="DDIM eta >= 0 (0 = deterministic)")
+    p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None,
+                   help="timestep grid for ddim/naive")
+    p.add_argument("--clip_x0", choices=("true", "false"), default=None,
+                   help="clip pred_x0 to [-1, 1] at every step")
+
 
 def build_arg_parser():
-    p = argparse.ArgumentParser(description="Sample images from a ddpm_ms checkpoint.", allow_abbrev=False)
-    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
-    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA (default) or raw weights")
-    p.add_argument("--sampler", choices=("ddpm", "ddim", "naive"), default=None,
-                   help="default: the checkpoint's config")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (ddim/naive); ddpm uses all T")
-    p.add_argument("--eta", type=float, default=None, help="DDIM eta")
-    p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None)
-    p.add_argument("--clip_x0", choices=("true", "false"), default=None)
+    p = argparse.ArgumentParser(
+        description="Sample images from a ddpm_ms checkpoint, or DDIM-invert real images "
+                    "(--invert) and reconstruct them. Outputs: grid.png, images/*.png, samples.npz "
+                    "(uint8 N x H x W x C). Same --seed, same files.",
+        epilog="Pictures of the forward and reverse process and seed interpolations: "
+               "python -m ddpm_ms.pictures --help",
+        allow_abbrev=False)
+    add_checkpoint_args(p)
+    add_sampler_args(p)
     p.add_argument("--num_samples", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="x_T and the per-step noise (>= 0)")
     p.add_argument("--out", default=None, help="output folder (default: <ckpt folder>/samples)")
-    p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"), default="auto")
-    p.add_argument("--mode", choices=("graph", "pynative"), default="graph")
-    p.add_argument("--device_id", type=int, default=-1)
     p.add_argument("--no_per_image", action="store_true", help="skip writing one PNG per image")
+    p.add_argument("--invert", nargs="+", metavar="IMAGE", default=None,
+                   help="DDIM-invert these images into x_T (eta 0, --steps steps, no clipping) and "
+                        "reconstruct them with DDIM on the same grid; prints MSE/PSNR")
+    add_runtime_args(p)
     return p
 
 
@@ -32,17 +80,34 @@ def parse_args(argv=None):
     args = build_arg_parser().parse_args(argv)
     if args.num_samples < 1 or args.batch_size < 1:
         raise ConfigError("--num_samples and --batch_size must be at least 1")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     return args
 
 
+def setup_runtime(args, seed=0, verbose=True):
+    """Quiet logs, CPU settings before MindSpore loads, device and mode. Returns jit (bool)."""
+    from .cli import quiet_mindspore
+    from .cpu_env import apply_cpu_env
+    quiet_mindspore()
+    if args.device_target in ("CPU", "auto"):
+        apply_cpu_env(verbose=verbose)
+    from .device import setup_device
+    setup_device(args.device_target, args.mode, args.device_id, seed=seed, verbose=verbose)
+    return args.mode == "graph"
+
+
 def load_network(ckpt_path, weights="ema"):
-    """(network, config dict) from a checkpoint; CheckpointError with one line on a bad file."""
+    """(network, config dict, meta) from a checkpoint; CheckpointError with one line on a bad file."""
     from . import checkpoint as ckpt
     from .config import config_from_dict
     from .unet import build_unet
     tensors, meta = ckpt.load(ckpt_path)
     cfg = config_from_dict(meta["config"])
-    net = build_unet(cfg)
+    try:
+        net = build_unet(cfg)
+    except ValueError as err:
+        raise ckpt.CheckpointError(f"{ckpt_path}: its config does not build a U-Net ({err})") from None
     prefix = ckpt.EMA_PREFIX if weights == "ema" else ""
     if weights == "ema" and not any(k.startswith(ckpt.EMA_PREFIX) for k in tensors):
         raise ckpt.CheckpointError(f"{ckpt_path} holds no EMA weights (trained with ema_decay 0); "
@@ -52,42 +117,145 @@ def load_network(ckpt_path, weights="ema"):
     return net, cfg, meta
 
 
-def sample_from_args(args):
-    from .cli import quiet_mindspore
-    from .cpu_env import apply_cpu_env
-    quiet_mindspore()
-    if args.device_target in ("CPU", "auto"):
-        apply_cpu_env()
-    from .device import setup_device
-    setup_device(args.device_target, args.mode, args.device_id, seed=args.seed)
-    from .data import save_grid, to_uint8
-    from .sampling import sample
-    from .trainer import build_schedule
+def sampling_options(cfg, sampler=None, steps=None, eta=None, spacing=None, clip_x0=None):
+    """Keyword arguments for ``sampling.sample`` from the command line over the config.
 
-    net, cfg, meta = load_network(args.ckpt, args.weights)
-    sampler = args.sampler or cfg["sampler"]
+    Raises ConfigError naming the allowed range for --steps outside [1, T], a negative eta,
+    or --steps with ddpm (which always runs all T steps).
+    """
     T = cfg["timesteps"]
-    steps = T if sampler == "ddpm" else (args.steps or cfg["sample_steps"])
-    if args.steps is not None and not 1 <= args.steps <= T:
-        raise ConfigError(f"--steps must be between 1 and T={T}, got {args.steps}")
-    clip = cfg["clip_x0"] if args.clip_x0 is None else args.clip_x0 == "true"
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples")
+    sampler = sampler or cfg["sampler"]
+    if steps is not None and not 1 <= steps <= T:
+        raise ConfigError(f"--steps must be between 1 and T={T} (the checkpoint's timesteps), got {steps}")
+    if sampler == "ddpm":
+        if steps is not None and steps != T:
+            raise ConfigError(f"--sampler ddpm always runs all T={T} steps; for {steps} steps use "
+                              "--sampler ddim (--eta 1 is DDPM-like)")
+        steps = T
+    eta = cfg["eta"] if eta is None else eta
+    if not eta >= 0:
+        raise ConfigError(f"--eta must be >= 0 (0 = deterministic DDIM), got {eta}")
+    clip = cfg["clip_x0"] if clip_x0 is None else clip_x0 in (True, "true")
+    return dict(sampler=sampler, num_steps=steps or cfg["sample_steps"], eta=eta,
+                spacing=spacing or cfg["spacing"], objective=cfg["objective"], clip_x0=clip)
+
+
+def image_shape(cfg):
+    return (cfg["channels"], cfg["image_size"], cfg["image_size"])
+
+
+def load_images(paths, cfg):
+    """Images as float32 [N, C, H, W] in [-1, 1] at the checkpoint's size and channels.
+
+    Each file is resized (short side) and center-cropped like the image-folder data set.
+    DataError (one line) for a missing or undecodable file.
+    """
+    from .data import DataError, load_image
+    out = []
+    for path in paths:
+        try:
+            u8 = load_image(path, channels=cfg["channels"], image_size=cfg["image_size"])
+        except FileNotFoundError:
+            raise DataError(f"image not found: {path}") from None
+        except Exception as err:  # PIL.UnidentifiedImageError, truncated files, ...
+            raise DataError(f"cannot read image {path}: {type(err).__name__}") from None
+        out.append(np.transpose(u8.astype(np.float32) / 127.5 - 1.0, (2, 0, 1)))
+    return np.stack(out)
+
+
+def psnr(mse, peak=255.0):
+    """10 log10(peak^2 / mse) in dB (inf for mse 0)."""
+    return math.inf if mse == 0 else 10.0 * math.log10(peak ** 2 / mse)
+
+
+def save_npz(path, **arrays):
+    """``np.savez_compressed`` with fixed zip timestamps, so equal arrays give equal bytes."""
+    import io
+    import zipfile
+    tmp = f"{path}.tmp{os.getpid()}"
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, value in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def write_images(u8, out, per_image=True):
+    """grid.png, images/NNNNN.png and samples.npz for uint8 [N, H, W, C]."""
+    from PIL import Image
+
+    from .data import save_grid
     os.makedirs(out, exist_ok=True)
-    shape = (cfg["channels"], cfg["image_size"], cfg["image_size"])
-    print(f"[ddpm_ms] sampling {args.num_samples} images, {sampler} {steps} steps, "
-          f"{args.weights} weights of step {meta['step']}", flush=True)
-    images = sample(net, build_schedule(cfg), args.num_samples, shape, sampler=sampler, num_steps=steps,
-                    eta=cfg["eta"] if args.eta is None else args.eta,
-                    spacing=args.spacing or cfg["spacing"], objective=cfg["objective"], clip_x0=clip,
-                    batch_size=args.batch_size, seed=args.seed)
-    u8 = to_uint8(images)
-    np.savez_compressed(os.path.join(out, "samples.npz"), images=u8)
+    save_npz(os.path.join(out, "samples.npz"), images=u8)
     save_grid(u8, os.path.join(out, "grid.png"))
-    if not args.no_per_image:
-        from PIL import Image
+    if per_image:
         per = os.path.join(out, "images")
         os.makedirs(per, exist_ok=True)
         for i, img in enumerate(u8):
             Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(per, f"{i:05d}.png"))
+
+
+def invert_and_reconstruct(net, cfg, x0, opts, jit=True, progress=True, batch_size=None):
+    """DDIM-invert x0 [N, C, H, W] and reconstruct with DDIM eta 0 on the same grid.
+
+    Returns (x_T float32, reconstruction float32 [N, C, H, W] in [-1, 1], mse, psnr) with the
+    error measured between the uint8 images in [0, 255].
+    """
+    from .data import to_uint8
+    from .sampling import invert, sample
+    from .trainer import build_schedule
+    schedule = build_schedule(cfg)
+    x_T = invert(net, schedule, x0, num_steps=opts["num_steps"], spacing=opts["spacing"],
+                 objective=opts["objective"], batch_size=batch_size, progress=progress, jit=jit)
+    recon = sample(net, schedule, len(x0), x0.shape[1:], sampler="ddim", num_steps=opts["num_steps"],
+                   eta=0.0, spacing=opts["spacing"], objective=opts["objective"],
+                   clip_x0=opts["clip_x0"], batch_size=batch_size, x_T=x_T, progress=progress, jit=jit)
+    diff = to_uint8(recon).astype(np.float64) - to_uint8(x0).astype(np.float64)
+    mse = float(np.mean(diff ** 2))
+    return x_T, recon, mse, psnr(mse)
+
+
+def run_inversion(args, net, cfg, jit, out):
+    from .data import save_grid, to_uint8
+    if args.sampler not in (None, "ddim") or (args.eta or 0.0) != 0.0:
+        raise ConfigError("--invert runs DDIM with eta 0 both ways; drop --sampler/--eta")
+    opts = sampling_options(cfg, "ddim", args.steps, 0.0, args.spacing,
+                            args.clip_x0 or "false")  # clipping is off unless asked for
+    x0 = load_images(args.invert, cfg)
+    print(f"[ddpm_ms] inverting {len(x0)} image(s) with DDIM, {opts['num_steps']} steps "
+          f"({opts['spacing']} grid), clip_x0={opts['clip_x0']}", flush=True)
+    x_T, recon, mse, db = invert_and_reconstruct(net, cfg, x0, opts, jit=jit, batch_size=args.batch_size)
+    inputs, recons = to_uint8(x0), to_uint8(recon)
+    os.makedirs(out, exist_ok=True)
+    pairs = np.stack([inputs, recons], 1).reshape((-1,) + inputs.shape[1:])  # input, recon, input, ...
+    save_grid(pairs, os.path.join(out, "inversion.png"), nrow=2)
+    save_npz(os.path.join(out, "inversion.npz"), inputs=inputs, reconstructions=recons, x_T=x_T)
+    print(f"inversion: steps={opts['num_steps']} mse={mse:.4f} psnr={db:.2f} dB "
+          f"(uint8 [0, 255]); x_T std {x_T.std():.3f}", flush=True)
+    print(f"[ddpm_ms] wrote {out}/inversion.png (input | reconstruction), inversion.npz", flush=True)
+    return mse, db
+
+
+def sample_from_args(args):
+    jit = setup_runtime(args, seed=args.seed)
+    from .data import to_uint8
+    from .sampling import sample
+    from .trainer import build_schedule
+
+    net, cfg, meta = load_network(args.ckpt, args.weights)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples")
+    if args.invert:
+        return run_inversion(args, net, cfg, jit, out)
+    opts = sampling_options(cfg, args.sampler, args.steps, args.eta, args.spacing, args.clip_x0)
+    print(f"[ddpm_ms] sampling {args.num_samples} images, {opts['sampler']} {opts['num_steps']} "
+          f"steps, {args.weights} weights of step {meta['step']}, seed {args.seed}", flush=True)
+    images = sample(net, build_schedule(cfg), args.num_samples, image_shape(cfg), batch_size=args.batch_size,
+                    seed=args.seed, jit=jit, **opts)
+    u8 = to_uint8(images)
+    write_images(u8, out, per_image=not args.no_per_image)
     print(f"[ddpm_ms] wrote {out}/grid.png, samples.npz ({u8.shape}, uint8)", flush=True)
     return u8

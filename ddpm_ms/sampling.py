@@ -1,80 +1,248 @@
 """Compiled sampling: one graph per denoising step (network + sampler update).
 
-The sampler objects in :mod:`ddpm_ms.samplers` describe every update as one linear form
-with a per-step coefficient row (``coef_table``). ``SamplingStep`` holds that table and
-the timestep grid as tensors and gathers row ``i`` inside the graph, so every step of a
-run reuses one compiled graph and nothing returns to the host between steps.
+The sampler objects in :mod:`ddpm_ms.samplers` describe every update as one linear form with
+a per-step coefficient row (``coef_table`` [S, 8]). ``SamplingStep`` takes that table and the
+timestep grid as tensors and gathers row ``i`` inside the graph from a tensor step index, so
+every step of a run (DDPM, DDIM, naive, and DDIM inversion) runs the same compiled graph:
+
+    x_prev, pred_x0 = step(x, i, noise, coefs, timesteps)
+                    = generic_update(coefs[i], network(x, timesteps[i]), x, noise)
+
+The tables are inputs, padded to T rows (``step_tables``), so the graph does not depend on
+the sampler or its step count: ``make_step`` compiles once per (network, clip_x0, batch
+shape) and reuses that graph for later runs in the process (previews during training,
+pictures, tests).
+
+Randomness lives on the host, in numpy Generators seeded per image: image ``k`` of a run with
+seed ``s`` draws x_T from ``default_rng([s, k, 0])`` and its per-step noise from
+``default_rng([s, k, 1])``. So the same seed gives the same images in any process, in GRAPH or
+PYNATIVE mode, whatever the batch size, and calling ``sample`` twice in one process repeats
+itself. (MindSpore's in-graph ``ops.randn_like`` after ``set_seed`` repeats across fresh
+processes but not within one: a compiled graph keeps advancing its own stream after a
+re-seed, and GRAPH and PYNATIVE draw different streams.) The per-step cost is one host draw of
+B*C*H*W normals and its copy to the device, only on steps with sigma > 0 (measured in
+bench/bench_sample.py); deterministic samplers pass one zeros tensor throughout.
 """
 import numpy as np
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .samplers import generic_update, make_sampler
+from .samplers import DDIMInverter, generic_update, make_sampler
 
 
 class SamplingStep(nn.Cell):
-    """x_prev, pred_x0 = step(x, i) for step index ``i`` (int32 scalar tensor).
+    """(x_prev, pred_x0) = step(x, i, noise, coefs, timesteps).
 
-    x: (B, C, H, W) float32. The network is called as net(x, t) with t int32 [B]. The
-    step's N(0, I) draw is made inside the graph (``ops.randn_like``, seeded by
-    ``mindspore.set_seed``); it is multiplied by sigma, which is 0 for deterministic samplers.
+    x, noise: float32 [B, C, H, W]; i: int32 scalar tensor; coefs: float32 [R, 8] rows in
+    ``samplers.COEF_NAMES`` order; timesteps: int32 [R]. The network is called as
+    network(x, t) with t int32 [B] = timesteps[i]; its output (any float dtype) is cast to
+    float32 and fed to ``generic_update`` with row i:
+
+        pred_x0 = a x + b out  (clipped to [-1, 1] when clip_x0)
+        eps     = c x + d pred_x0
+        x_prev  = e pred_x0 + f eps + g x + sigma noise
     """
 
-    def __init__(self, network, sampler):
+    def __init__(self, network, clip_x0):
         super().__init__()
         self.network = network
-        self.clip_x0 = bool(sampler.clip_x0)
-        self.coefs = Tensor(np.asarray(sampler.coef_table, np.float32))
-        self.timesteps = Tensor(np.asarray(sampler.timesteps, np.int32))
+        self.clip_x0 = bool(clip_x0)
 
-    def construct(self, x, i):
-        row = ops.gather(self.coefs, i, 0)
-        t = ops.gather(self.timesteps, i, 0)
+    def construct(self, x, i, noise, coefs, timesteps):
+        row = ops.gather(coefs, i, 0)            # [8]
+        t = ops.gather(timesteps, i, 0)          # scalar
         t_batch = ops.broadcast_to(t.reshape((1,)), (x.shape[0],))
         out = self.network(x, t_batch).astype(ms.float32)
-        coefs = [row[k] for k in range(8)]
-        noise = ops.randn_like(x)
-        return generic_update(coefs, out, x, noise, self.clip_x0)
+        return generic_update([row[k] for k in range(8)], out, x, noise, self.clip_x0)
 
+
+def step_tables(sampler):
+    """(coefs float32 [T, 8], timesteps int32 [T]) Tensors: the sampler's ``coef_table`` and
+    ``timesteps`` with zero rows appended up to T = schedule.num_timesteps, so every sampler
+    of one schedule feeds the graph tensors of the same shape."""
+    rows = max(sampler.schedule.num_timesteps, sampler.num_steps)
+    coefs = np.zeros((rows, 8), np.float32)
+    coefs[:sampler.num_steps] = sampler.coef_table
+    timesteps = np.zeros(rows, np.int32)
+    timesteps[:sampler.num_steps] = sampler.timesteps
+    return Tensor(coefs), Tensor(timesteps)
+
+
+_CACHE_ATTR = "_ddpm_ms_sampling_steps"
+
+
+def _jitted(network, clip_x0):
+    """The jitted step for (network, clip_x0), kept in the network's own __dict__ (set with
+    object.__setattr__, so it is not a sub-cell) and freed with the network."""
+    cache = network.__dict__.get(_CACHE_ATTR)
+    if cache is None:
+        cache = {}
+        object.__setattr__(network, _CACHE_ATTR, cache)
+    if clip_x0 not in cache:
+        cell = SamplingStep(network, clip_x0)
+
+        def step(x, i, noise, coefs, timesteps):
+            return cell(x, i, noise, coefs, timesteps)
+        cache[clip_x0] = ms.jit(step)
+    return cache[clip_x0]
+
+
+def make_step(network, sampler, jit=True):
+    """step_fn(x, i, noise) -> (x_prev, pred_x0) for the steps of ``sampler`` (any CoefSampler,
+    including ``DDIMInverter``, which never clips).
+
+    jit=True: one ``ms.jit`` graph, whatever the context mode, cached per (network, clip_x0)
+    and compiled again only for a new batch shape. jit=False: the cell itself (op by op in
+    PYNATIVE mode; still compiled per call in GRAPH mode).
+    """
+    coefs, timesteps = step_tables(sampler)
+    run = _jitted(network, sampler.clip_x0) if jit else SamplingStep(network, sampler.clip_x0)
+
+    def step_fn(x, i, noise):
+        return run(x, i, noise, coefs, timesteps)
+    return step_fn
+
+
+# ------------------------------------------------------------------------------ host noise
+
+def _seed(seed):
+    """A non-negative int seed; None draws one from the OS."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (2 ** 63))
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def initial_noise(seed, num, image_shape, start=0):
+    """x_T for images start .. start+num-1 of a run with ``seed``: float32 [num, *image_shape],
+    image k from ``default_rng([seed, k, 0])`` (independent of the batch size)."""
+    seed = _seed(seed)
+    return np.stack([np.random.default_rng([seed, k, 0]).standard_normal(image_shape, np.float32)
+                     for k in range(start, start + num)])
+
+
+def noise_streams(seed, num, start=0):
+    """One numpy Generator per image for the per-step noise (``default_rng([seed, k, 1])``)."""
+    seed = _seed(seed)
+    return [np.random.default_rng([seed, k, 1]) for k in range(start, start + num)]
+
+
+def run_steps(step_fn, sampler, x, rngs=None, record=(), bar=None):
+    """Apply all ``sampler`` steps to x (float32 Tensor [B, C, H, W]); returns (x, snapshots).
+
+    rngs: per-image Generators for the steps whose sigma > 0 (required then). record: step
+    indices whose snapshot ``(i, t, x_t, pred_x0)`` (numpy; x_t is the step's input) is kept.
+    Only recorded steps read values back to the host.
+    """
+    sigmas = np.asarray(sampler.coef_table)[:, 7]
+    shape = tuple(x.shape)
+    zeros = Tensor(np.zeros(shape, np.float32))
+    index = [Tensor(i, ms.int32) for i in range(len(sigmas))]
+    record = set(int(i) for i in record)
+    snapshots = []
+    for i, sigma in enumerate(sigmas):
+        if sigma > 0.0:
+            noise = Tensor(np.stack([g.standard_normal(shape[1:], np.float32) for g in rngs]))
+        else:
+            noise = zeros
+        x_in = x
+        x, pred_x0 = step_fn(x, index[i], noise)
+        if i in record:
+            snapshots.append((i, sampler.timesteps[i], x_in.asnumpy(), pred_x0.asnumpy()))
+        if bar is not None:
+            bar.update(1)
+    return x, snapshots
+
+
+# ------------------------------------------------------------------------------ entry points
 
 def sample(network, schedule, num_samples, image_shape, sampler="ddim", num_steps=50, eta=0.0,
            spacing="leading", objective="eps", clip_x0=True, batch_size=None, seed=None,
-           progress=True, x_T=None, record_every=0):
-    """Draw images with a compiled per-step graph.
+           progress=True, x_T=None, record=None, jit=True):
+    """Draw ``num_samples`` images with a compiled per-step graph.
 
-    Returns float32 numpy (N, C, H, W) in [-1, 1] (clipped); with ``record_every`` > 0 also a
-    list of (step index, t, x_t, pred_x0) numpy snapshots of the first batch.
-    x_T comes from a numpy Generator seeded with ``seed`` (or is given, (N, C, H, W), for
-    deterministic DDIM uses); the per-step noise is drawn in the graph after
-    ``mindspore.set_seed(seed)``, so the same seed in a fresh process gives the same images.
+    image_shape: (C, H, W). sampler/num_steps/eta/spacing/objective/clip_x0: as
+    ``samplers.make_sampler`` ('ddpm' always runs all T steps). x_T: optional float
+    [num_samples, C, H, W] start (else ``initial_noise(seed, ...)``). seed: see the module
+    docstring; None = fresh entropy. record: step indices to snapshot (first batch only).
+    jit: compile each step with ``ms.jit`` (False: run the cell as the context mode says).
+
+    Returns float32 numpy [N, C, H, W] clipped to [-1, 1]; with ``record`` also the list of
+    snapshots ``(i, t, x_t, pred_x0)`` from ``run_steps``.
     """
     from tqdm import tqdm
     plan = make_sampler(sampler, schedule, num_steps=num_steps, eta=eta, spacing=spacing,
                         objective=objective, clip_x0=clip_x0)
-    if seed is not None:
-        ms.set_seed(seed)
-    step = SamplingStep(network, plan)
+    seed = _seed(seed)
+    image_shape = tuple(image_shape)
+    if x_T is not None:
+        x_T = np.asarray(x_T, np.float32)
+        if x_T.shape != (num_samples,) + image_shape:
+            raise ValueError(f"x_T has shape {x_T.shape}, expected {(num_samples,) + image_shape}")
     network.set_train(False)
-    rng = np.random.default_rng(seed)
+    step_fn = make_step(network, plan, jit)
     batch_size = batch_size or num_samples
+    n_batches = -(-num_samples // batch_size)
+    bar = tqdm(total=plan.num_steps * n_batches, disable=not progress, unit="step", leave=False,
+               desc=f"{sampler} {plan.num_steps} steps")
     outputs, snapshots = [], []
-    n_steps = len(plan.timesteps)
-    bar = tqdm(total=n_steps * ((num_samples + batch_size - 1) // batch_size), disable=not progress,
-               desc=f"{sampler} {n_steps} steps", unit="step", leave=False)
     for start in range(0, num_samples, batch_size):
         b = min(batch_size, num_samples - start)
-        shape = (b, *image_shape)
-        if x_T is not None:
-            x = Tensor(np.asarray(x_T[start:start + b], np.float32))
-        else:
-            x = Tensor(rng.standard_normal(shape).astype(np.float32))
-        for i in range(n_steps):
-            x, pred_x0 = step(x, Tensor(i, ms.int32))
-            if record_every and start == 0 and (i % record_every == 0 or i == n_steps - 1):
-                snapshots.append((i, int(plan.timesteps[i]), x.asnumpy(), pred_x0.asnumpy()))
-            bar.update(1)
+        x0 = x_T[start:start + b] if x_T is not None else initial_noise(seed, b, image_shape, start)
+        x, snaps = run_steps(step_fn, plan, Tensor(np.ascontiguousarray(x0)),
+                             noise_streams(seed, b, start), record=(record or ()) if start == 0 else (),
+                             bar=bar)
+        snapshots += snaps
         outputs.append(np.clip(x.asnumpy(), -1.0, 1.0))
     bar.close()
     images = np.concatenate(outputs, 0)
-    return (images, snapshots) if record_every else images
+    return (images, snapshots) if record is not None else images
+
+
+def invert(network, schedule, x0, num_steps=50, spacing="leading", objective="eps",
+           batch_size=None, progress=True, jit=True):
+    """Deterministic DDIM inversion (``samplers.DDIMInverter``): clean images -> x_T.
+
+    x0: float [N, C, H, W] in [-1, 1]. Runs the inverter's steps (ascending grid, no clipping,
+    no noise) through the same compiled ``SamplingStep``. Returns float32 numpy [N, C, H, W]
+    at the level of the grid's top timestep; ``sample(..., sampler='ddim', eta=0, same
+    num_steps and spacing, x_T=result)`` maps it back to (approximately) x0.
+    """
+    from tqdm import tqdm
+    plan = DDIMInverter(schedule, num_steps=num_steps, spacing=spacing, objective=objective)
+    assert not plan.clip_x0  # clipping pred_x0 would break the inverse
+    x0 = np.asarray(x0, np.float32)
+    network.set_train(False)
+    step_fn = make_step(network, plan, jit)
+    batch_size = batch_size or len(x0)
+    bar = tqdm(total=plan.num_steps * -(-len(x0) // batch_size), disable=not progress, unit="step",
+               leave=False, desc=f"ddim inversion {plan.num_steps} steps")
+    outputs = []
+    for start in range(0, len(x0), batch_size):
+        x, _ = run_steps(step_fn, plan, Tensor(np.ascontiguousarray(x0[start:start + batch_size])),
+                         bar=bar)
+        outputs.append(x.asnumpy())
+    bar.close()
+    return np.concatenate(outputs, 0)
+
+
+def slerp(a, b, weights):
+    """Spherical interpolation between two arrays of the same shape, one result per weight.
+
+    slerp(a, b, w) = sin((1 - w) theta) / sin(theta) a + sin(w theta) / sin(theta) b,
+    cos(theta) = <a, b> / (|a| |b|); falls back to linear interpolation when a and b are
+    (anti)parallel. Returns float32 [len(weights), *a.shape]. Keeps the norm of Gaussian
+    samples typical (linear interpolation shrinks it near w = 0.5).
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    cos = np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b))
+    theta = np.arccos(np.clip(cos, -1.0, 1.0))
+    out = []
+    for w in np.asarray(weights, np.float64):
+        if np.sin(theta) < 1e-6:
+            out.append((1 - w) * a + w * b)
+        else:
+            out.append((np.sin((1 - w) * theta) * a + np.sin(w * theta) * b) / np.sin(theta))
+    return np.stack(out).astype(np.float32)
