@@ -34,7 +34,13 @@ def run_main(main, argv=None):
 
 
 def prepare(argv=None, description=None, parser=None, verbose=True):
-    """Parse the config, apply CPU settings before MindSpore loads, set up the device."""
+    """Parse the config, apply CPU settings before MindSpore loads, set up the device.
+
+    ``device_target`` and ``mode`` come back concrete: 'auto' is resolved by
+    ``device.setup_device`` (mode: graph on Ascend/GPU, the measured faster one on CPU),
+    and the device line it prints says why. The saved config records what actually ran;
+    ``cfg['_requested_mode']`` keeps what was asked for.
+    """
     parser = parser or build_parser(description=description)
     cfg = load_config(argv, parser=parser)
     quiet_mindspore()
@@ -44,7 +50,9 @@ def prepare(argv=None, description=None, parser=None, verbose=True):
     from .device import setup_device
     info = setup_device(cfg["device_target"], cfg["mode"], cfg["device_id"], seed=cfg["seed"],
                         verbose=verbose)
+    cfg["_requested_mode"] = cfg["mode"]
     cfg["device_target"] = info["device_target"]
+    cfg["mode"] = info["mode"]
     return cfg, info
 
 

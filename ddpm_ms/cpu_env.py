@@ -1,18 +1,26 @@
 """CPU settings that must be in place before ``import mindspore``.
 
-MindSpore 2.10's CPU backend has two traps on machines like ours (see BENCHMARKS.md):
+MindSpore 2.10's CPU backend has two traps on machines like ours (bench/bench_train.py,
+BENCHMARKS.md):
 
-* with any AVX-512 ISA allowed, its oneDNN picks a reference convolution kernel that is
-  about 100x slower than the im2col+GEMM kernel it picks when capped at AVX2;
-* it starts ~25 worker threads whatever the machine has.
+* with any AVX-512 ISA allowed, its oneDNN runs plain-NCHW fp32 convolutions with a
+  reference kernel, about 100x slower than the im2col+GEMM kernel it picks when capped
+  at AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``; oneDNN reads it once, when it loads);
+* it sizes its kernel thread pool to 25 whatever the machine has.
 
 ``apply_cpu_env()`` fixes both through the environment, leaving alone anything the user
-has already set. It imports nothing heavy, so entry points call it first.
+has already set: ``ONEDNN_MAX_CPU_ISA`` as is, ``DDPM_MS_CPU_THREADS`` (our variable) for
+the thread count. ``device.setup_device`` then passes the count to
+``mindspore.device_context.cpu.op_tuning.threads_num``, the pool oneDNN runs on
+(MindSpore builds oneDNN with its own thread pool, not OpenMP); ``OMP_NUM_THREADS`` and
+the BLAS variables get the same count for the few libraries that read them. It imports
+nothing heavy, so entry points (and tests/conftest.py) call it first.
 """
 import os
 
-_ISA_VAR = "ONEDNN_MAX_CPU_ISA"
-_THREADS_VAR = "DDPM_MS_CPU_THREADS"   # our own override for the MindSpore thread count
+ISA_VAR = "ONEDNN_MAX_CPU_ISA"
+THREADS_VAR = "DDPM_MS_CPU_THREADS"   # our own override for the MindSpore thread count
+POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _applied = {}
 
 
@@ -28,52 +36,109 @@ def cpu_has_avx512(cpuinfo_path="/proc/cpuinfo"):
     return False
 
 
-def _cgroup_cpu_limit(path="/sys/fs/cgroup/cpu.max"):
-    """CPUs allowed by a cgroup v2 quota, or None when unlimited/unknown."""
-    try:
-        with open(path) as f:
-            quota, period = f.read().split()[:2]
-        if quota == "max":
-            return None
-        return max(1, int(int(quota) / int(period)))
-    except (OSError, ValueError):
+def parse_cgroup_v2(text):
+    """CPUs allowed by a cgroup v2 ``cpu.max`` line ("QUOTA PERIOD"), or None when unlimited.
+
+    "max 100000" -> None; "150000 100000" -> 1 (1.5 CPUs of quota: floor, at least 1, so
+    the threads never outrun the quota and get throttled).
+    """
+    parts = text.split()
+    if len(parts) < 2 or parts[0] == "max":
         return None
+    quota, period = int(parts[0]), int(parts[1])
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, quota // period)
 
 
-def usable_cpus():
-    """Cores this process may use: affinity mask, capped by a cgroup quota."""
+def parse_cgroup_v1(quota_text, period_text):
+    """CPUs allowed by cgroup v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; -1 = unlimited."""
+    quota, period = int(quota_text.strip()), int(period_text.strip())
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, quota // period)
+
+
+def _own_cgroup_v2_dir(proc_cgroup="/proc/self/cgroup", root="/sys/fs/cgroup"):
     try:
-        n = len(os.sched_getaffinity(0))
+        with open(proc_cgroup) as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return os.path.join(root, line.strip()[3:].lstrip("/"))
+    except OSError:
+        pass
+    return root
+
+
+def cgroup_cpu_limit(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """CPUs allowed by a cgroup quota (v2 ``cpu.max``, else v1 CFS quota), None if unlimited/unknown."""
+    for d in dict.fromkeys((_own_cgroup_v2_dir(proc_cgroup, root), root)):
+        try:
+            with open(os.path.join(d, "cpu.max")) as f:
+                return parse_cgroup_v2(f.read())
+        except (OSError, ValueError):
+            continue
+    for d in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        try:
+            with open(os.path.join(root, d, "cpu.cfs_quota_us")) as fq, \
+                    open(os.path.join(root, d, "cpu.cfs_period_us")) as fp:
+                return parse_cgroup_v1(fq.read(), fp.read())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def affinity_cpus():
+    """Cores in this process's affinity mask (``taskset``, cpusets); os.cpu_count() elsewhere."""
+    try:
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    limit = _cgroup_cpu_limit()
+        return os.cpu_count() or 1
+
+
+def usable_cpus(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """Cores this process may use: affinity mask, capped by a cgroup quota."""
+    n = affinity_cpus()
+    limit = cgroup_cpu_limit(cgroup_root, proc_cgroup)
     return min(n, limit) if limit else n
 
 
-def apply_cpu_env(verbose=True):
+def _threads_from_env(value):
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        from .config import ConfigError
+        raise ConfigError(f"{THREADS_VAR} must be a positive integer, got {value!r}")
+    return n
+
+
+def apply_cpu_env(verbose=True, cpuinfo_path="/proc/cpuinfo"):
     """Set the oneDNN ISA cap and thread counts in os.environ unless the user set them.
 
-    Must run before MindSpore is imported. Returns a dict of what was chosen and why;
-    calling it again returns the first result.
+    Must run before MindSpore is imported (oneDNN reads its ISA cap once, at load).
+    Returns a dict of what was chosen and why; calling it again returns the first result
+    without printing again.
     """
     if _applied:
         return dict(_applied)
     chosen = {}
-    if _ISA_VAR in os.environ:
-        chosen["onednn_isa"] = f"{os.environ[_ISA_VAR]} (set by user)"
-    elif cpu_has_avx512():
-        os.environ[_ISA_VAR] = "AVX2"
+    if ISA_VAR in os.environ:
+        chosen["onednn_isa"] = f"{os.environ[ISA_VAR]} (set by user)"
+    elif cpu_has_avx512(cpuinfo_path):
+        os.environ[ISA_VAR] = "AVX2"
         chosen["onednn_isa"] = "AVX2 (CPU has AVX-512; oneDNN's AVX-512 path uses a slow reference conv)"
     else:
         chosen["onednn_isa"] = "default (no AVX-512)"
-    if _THREADS_VAR in os.environ:
-        threads = int(os.environ[_THREADS_VAR])
-        chosen["threads"] = f"{threads} (set by user in {_THREADS_VAR})"
+    if THREADS_VAR in os.environ:
+        threads = _threads_from_env(os.environ[THREADS_VAR])
+        chosen["threads"] = f"{threads} (set by user in {THREADS_VAR})"
     else:
         threads = usable_cpus()
-        os.environ[_THREADS_VAR] = str(threads)
-        chosen["threads"] = f"{threads} (cores usable by this process)"
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[THREADS_VAR] = str(threads)
+        chosen["threads"] = f"{threads} (cores usable by this process; MindSpore's default is 25)"
+    for var in POOL_VARS:
         os.environ.setdefault(var, str(threads))
     _applied.update(chosen)
     if verbose:
@@ -83,4 +148,5 @@ def apply_cpu_env(verbose=True):
 
 def cpu_threads():
     """Thread count chosen by apply_cpu_env (or the usable cores)."""
-    return int(os.environ.get(_THREADS_VAR, usable_cpus()))
+    value = os.environ.get(THREADS_VAR)
+    return _threads_from_env(value) if value is not None else usable_cpus()

@@ -12,7 +12,24 @@ import numpy as np
 from .cpu_env import apply_cpu_env, cpu_threads
 
 DEVICE_TARGETS = ("auto", "CPU", "GPU", "Ascend")
-MODES = ("graph", "pynative")
+MODES = ("auto", "graph", "pynative")
+# What mode="auto" means on CPU: the faster of the two for the tutorial U-Net's train step,
+# measured with bench/bench_train.py on a 2-core AVX-512 Xeon, MindSpore 2.10.0, interleaved in
+# one process: graph 1.9x pynative at batch 16, 1.4x at batch 128. Ascend and GPU always get
+# graph mode (whole-graph kernels, the reason those backends exist).
+CPU_AUTO_MODE = "graph"
+CPU_AUTO_WHY = "graph measured faster than pynative for the U-Net train step on CPU (bench/bench_train.py)"
+
+
+def resolve_mode(mode, target):
+    """(concrete mode, why) for a device target already resolved to CPU / GPU / Ascend."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode, "requested"
+    if target == "CPU":
+        return CPU_AUTO_MODE, f"auto: {CPU_AUTO_WHY}"
+    return "graph", f"auto: graph on {target}"
 
 
 def resolve_device_target(requested):
@@ -31,12 +48,14 @@ def resolve_device_target(requested):
     return "CPU", "auto: no Ascend or GPU available"
 
 
-def setup_device(device_target="auto", mode="graph", device_id=-1, seed=None, verbose=True):
+def setup_device(device_target="auto", mode="auto", device_id=-1, seed=None, verbose=True):
     """Configure MindSpore for one process and return a dict describing the choice.
 
-    device_id < 0 takes ``DEVICE_ID`` from the environment (ModelArts, msrun), else 0.
-    On CPU the oneDNN/thread environment must already be applied (``apply_cpu_env``);
-    this function applies it too, which only helps when MindSpore is not yet imported.
+    mode: graph | pynative | auto (``resolve_mode``); ``info["mode"]`` is the concrete one and
+    ``info["mode_why"]`` says why. device_id < 0 takes ``DEVICE_ID`` from the environment
+    (ModelArts, msrun), else 0. On CPU the oneDNN/thread environment must already be applied
+    (``apply_cpu_env``); this function applies it too, which only helps when MindSpore is not
+    yet imported.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -54,21 +73,41 @@ def setup_device(device_target="auto", mode="graph", device_id=-1, seed=None, ve
             ms.set_device(target, device_id)
     else:
         ms.set_context(device_target=target, device_id=device_id)
+    mode, mode_why = resolve_mode(mode, target)
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    info = {"device_target": target, "why": why, "device_id": device_id, "mode": mode}
+    info = {"device_target": target, "why": why, "device_id": device_id, "mode": mode, "mode_why": mode_why}
     if target == "CPU":
-        n = cpu_threads()
-        try:
-            ms.device_context.cpu.op_tuning.threads_num(n)
-        except (AttributeError, RuntimeError):  # MindSpore < 2.5
-            ms.set_context(runtime_num_threads=n)
-        info["threads"] = n
+        info["threads"] = set_cpu_threads(ms, cpu_threads())
     if seed is not None:
         set_seed(seed)
         info["seed"] = seed
     if verbose:
-        print("[ddpm_ms] device: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+        print("[ddpm_ms] device: " + describe(info), flush=True)
     return info
+
+
+def set_cpu_threads(ms, n):
+    """Size MindSpore's CPU kernel thread pool (the one oneDNN runs on); returns n.
+
+    MindSpore allows this once per process: a second call (a second setup_device in the
+    same process) keeps the first setting.
+    """
+    op_tuning = getattr(getattr(getattr(ms, "device_context", None), "cpu", None), "op_tuning", None)
+    if op_tuning is None:  # MindSpore < 2.5
+        ms.set_context(runtime_num_threads=n)
+        return n
+    try:
+        op_tuning.threads_num(n)
+    except RuntimeError:  # "can not be set repeatedly": already set earlier in this process
+        pass
+    return n
+
+
+def describe(info):
+    """One line: 'CPU (requested), mode=graph (auto: ...), device_id=0, threads=2, seed=42'."""
+    parts = [f"{info['device_target']} ({info['why']})", f"mode={info['mode']} ({info['mode_why']})"]
+    parts += [f"{k}={v}" for k, v in info.items() if k not in ("device_target", "why", "mode", "mode_why")]
+    return ", ".join(parts)
 
 
 def set_seed(seed):

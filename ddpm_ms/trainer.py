@@ -353,7 +353,7 @@ class Trainer:
         reducer = self.grad_reducer_factory(self.optimizer.parameters) if self.grad_reducer_factory else None
         loss_reducer = self.comm.loss_reducer() if self.comm is not None and self.world > 1 else None
         self.loss_scaler = make_loss_scaler(cfg) if self.amp else None
-        jit = cfg["mode"] == "graph"
+        jit = resolve_mode(cfg["mode"], ms.get_context("device_target"))[0] == "graph"
         self.net.set_train(True)
         if cfg["grad_accum"] > 1:
             self.micro_step, self.apply_step = make_accum_steps(

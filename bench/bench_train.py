@@ -1,0 +1,472 @@
+"""Train-step speed of the tutorial-size U-Net on CPU, against MindSpore's defaults and a PyTorch peer.
+
+    python bench/bench_train.py --quick          # batch 16 cases, sampling, FLOPs, matmul peak
+    python bench/bench_train.py                  # + batch 128 (the tutorial way alone is ~10 min there)
+    python bench/bench_train.py --only graph_b128,pyn_b128 --steps 3
+    python bench/bench_train.py --list           # the case names
+
+Every case runs in a fresh subprocess, because the oneDNN ISA cap must be in the environment
+before ``import mindspore`` and MindSpore's CPU thread count can be set only once per process.
+A case runs the real train step of ``ddpm_ms.trainer`` (Huber loss with p2 weights, Adam,
+global-norm clipping, EMA; U-Net dim 28, channels 1, mults 1,2,4 on 28x28, 2,996,315
+parameters), ``warmup`` untimed steps (the first one compiles in graph mode), then ``steps``
+timed steps, each synchronised. Reported: images/s, first-step seconds (compile + one step),
+peak RSS, achieved GFLOP/s (training = 3 x the forward FLOPs, counted per conv / dense /
+attention matmul) and its share of a 2048^2 fp32 matmul measured in the same run.
+
+Cases ("ours" = the settings ``ddpm_ms.cpu_env`` applies: oneDNN capped at AVX2 on AVX-512
+CPUs, threads = usable cores; "tutorial" = PYNATIVE with MindSpore's defaults, i.e. no ISA cap
+and its default 25 threads, the way the MindSpore tutorial runs):
+
+    tutorial_b16/b128     PYNATIVE, MindSpore defaults
+    pyn_b16/b128          PYNATIVE, ours
+    graph_b16/b128        GRAPH (ms.jit train step, jit_level O0), ours
+    graph_o1_b16/b128     GRAPH with jit_level O1 (graph-kernel fusion)
+    nocap_graph_b16       graph_b16 without the ISA cap            (ablation)
+    t1/t25_graph_b16      graph_b16 with 1 / 25 threads            (ablation; --ablations128 for b128)
+    peer_b16/b128         lucidrains' Unet(dim 28, mults 1,2,4, channels 1) in its GaussianDiffusion,
+                          Adam + clipping + EMA, torch eager, 2 threads (bench/peer_torch.py, run
+                          by --peer_python, default /work/venv-bench/bin/python)
+    sample_ddim50         DDIM 50 steps, batch 64, ours (GRAPH) and the peer's
+    flops, matmul         forward FLOPs per image (ours and the peer's) and matmul peaks
+
+Results go to stdout (one JSON line per case, then a markdown table and the ratios against the
+issue's targets) and to ``--out`` as JSON. Compare ratios from one run: absolute numbers move
+with the machine's load, which is printed before and after.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PEER_PYTHON = os.environ.get("DDPM_MS_PEER_PYTHON", "/work/venv-bench/bin/python")
+# The MindSpore tutorial's U-Net size (what configs/fashion_mnist.yaml trains).
+TUTORIAL_UNET = {"dim": 28, "channels": 1, "dim_mults": [1, 2, 4], "image_size": 28}
+CPU_VARS = ("ONEDNN_MAX_CPU_ISA", "DDPM_MS_CPU_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+            "MKL_NUM_THREADS")
+
+
+# ============================================================================ worker side
+def _rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _setup_mindspore(spec):
+    """Import MindSpore with the case's settings; returns the module."""
+    os.environ.setdefault("GLOG_v", "3")
+    if spec.get("settings", "ours") == "ours":
+        from ddpm_ms.cpu_env import apply_cpu_env
+        apply_cpu_env(verbose=False)
+        import mindspore as ms
+        from ddpm_ms.device import setup_device
+        setup_device("CPU", spec.get("mode", "pynative"), verbose=False)
+    else:   # MindSpore defaults, as the tutorial runs: nothing set but the device and the mode
+        import mindspore as ms
+        ms.set_device("CPU")
+        ms.set_context(mode=ms.GRAPH_MODE if spec.get("mode") == "graph" else ms.PYNATIVE_MODE)
+    return ms
+
+
+def _threads_in_process():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return -1
+
+
+def build_trainer(spec):
+    """A Trainer with the real train step for the tutorial U-Net; returns (trainer, cfg)."""
+    from ddpm_ms.config import resolve
+    from ddpm_ms.trainer import Trainer
+    values = dict(TUTORIAL_UNET, batch_size=spec["batch"], mode=spec.get("mode", "graph"),
+                  device_target="CPU", max_steps=10_000, seed=0)
+    values.update(spec.get("cfg", {}))
+    cfg = resolve(values)
+    trainer = Trainer(cfg, log=lambda *a: None)
+    trainer.setup(dataset_factory=None, steps_per_epoch=10_000)
+    jit_level = spec.get("jit_level")
+    if jit_level and cfg["mode"] == "graph":
+        import mindspore as ms
+        from ddpm_ms.trainer import make_train_step
+        step = make_train_step(trainer.loss_cell, trainer.optimizer, trainer.ema, cfg["grad_clip"], None,
+                               jit=False)
+        trainer.train_step = ms.jit(step, jit_level=jit_level)
+    return trainer, cfg
+
+
+def worker_train(spec):
+    ms = _setup_mindspore(spec)
+    import numpy as np
+    from ddpm_ms.trainer import draw_t_noise
+    trainer, cfg = build_trainer(spec)
+    b = spec["batch"]
+    rng = np.random.default_rng(0)
+    x0 = ms.Tensor(rng.uniform(-1, 1, (b, 1, 28, 28)).astype(np.float32))
+    times = []
+    for i in range(spec["warmup"] + spec["steps"]):
+        t0 = time.perf_counter()
+        t, noise = draw_t_noise(0, i, 0, x0.shape, cfg["timesteps"])
+        loss = trainer.train_step(x0, t, noise)
+        loss.asnumpy()        # sync every step: the trainer syncs at log points only
+        times.append(time.perf_counter() - t0)
+    timed = times[spec["warmup"]:]
+    step_s = sum(timed) / len(timed)
+    return {"img_s": b / step_s, "step_s": step_s, "first_s": times[0], "compile_s": max(times[0] - step_s, 0.0),
+            "loss": float(loss.asnumpy()), "rss_mb": _rss_mb(), "threads_in_process": _threads_in_process(),
+            "isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default")}
+
+
+def worker_matmul(spec):
+    """Large fp32 matmul GFLOP/s: MindSpore (ops.matmul) and numpy, same process."""
+    ms = _setup_mindspore(spec)
+    import numpy as np
+    n, reps = spec.get("n", 2048), spec.get("reps", 5)
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    out = {}
+    ta, tb = ms.Tensor(a), ms.Tensor(a.T.copy())
+    ms.ops.matmul(ta, tb).asnumpy()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        c = ms.ops.matmul(ta, tb)
+    c.asnumpy()
+    out["ms_gflops"] = 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    out["numpy_gflops"] = 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+    return out
+
+
+def count_forward_flops(net, x, t):
+    """Forward FLOPs (2 x multiply-adds) of conv, transposed conv, dense and attention matmuls.
+
+    Counted from the shapes seen by forward hooks in one PYNATIVE call; elementwise ops, norms
+    and softmax are left out (as in PyTorch's FlopCounterMode, used for the peer).
+    """
+    from mindspore import nn
+    from ddpm_ms.unet import Attention, LinearAttention
+    total = {"conv": 0, "dense": 0, "attn_bmm": 0}
+
+    def hook(cell, inputs, output):
+        xin = inputs[0]
+        if isinstance(cell, nn.Conv2dTranspose):
+            b, c_in, h, w = xin.shape
+            k = cell.kernel_size[0] * cell.kernel_size[1]
+            total["conv"] += 2 * b * c_in * h * w * cell.out_channels * k
+        elif isinstance(cell, nn.Conv2d):
+            k = cell.kernel_size[0] * cell.kernel_size[1]
+            total["conv"] += 2 * output.size * (cell.in_channels // cell.group) * k
+        elif isinstance(cell, nn.Dense):
+            total["dense"] += 2 * xin.shape[0] * cell.in_channels * cell.out_channels
+        elif isinstance(cell, (LinearAttention, Attention)):
+            b, _, h, w = xin.shape
+            n, heads, d = h * w, cell.heads, cell.head_dim
+            # linear: k v^T and context^T q, 2 matmuls of d*d*n; softmax: q^T k and attn v, n*n*d
+            per_head = 2 * d * d * n if isinstance(cell, LinearAttention) else 2 * n * n * d
+            total["attn_bmm"] += 2 * b * heads * per_head
+    handles = [c.register_forward_hook(hook) for _, c in net.cells_and_names()
+               if isinstance(c, (nn.Conv2d, nn.Conv2dTranspose, nn.Dense, LinearAttention, Attention))]
+    net(x, t)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def worker_flops(spec):
+    ms = _setup_mindspore(dict(spec, mode="pynative"))
+    import numpy as np
+    from ddpm_ms.unet import build_unet, count_params
+    net = build_unet(TUTORIAL_UNET)
+    b = 2
+    x = ms.Tensor(np.zeros((b, 1, 28, 28), np.float32))
+    t = ms.Tensor(np.zeros((b,), np.int32))
+    parts = count_forward_flops(net, x, t)
+    return {"params": count_params(net), "fwd_gflop_per_image": sum(parts.values()) / b / 1e9,
+            "parts_gflop_per_image": {k: v / b / 1e9 for k, v in parts.items()}}
+
+
+def worker_sample(spec):
+    """DDIM-50 images/s with ddpm_ms.sampling.sample (one compiled graph per step)."""
+    ms = _setup_mindspore(dict(spec, mode="graph"))
+    from ddpm_ms.sampling import sample
+    from ddpm_ms.schedule import NoiseSchedule
+    from ddpm_ms.unet import build_unet
+    net = build_unet(TUTORIAL_UNET)
+    sched = NoiseSchedule("linear", 1000)
+    n, steps = spec["batch"], spec.get("sample_steps", 50)
+    t0 = time.perf_counter()
+    sample(net, sched, n, (1, 28, 28), sampler="ddim", num_steps=2, seed=0, progress=False)  # compile
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sample(net, sched, n, (1, 28, 28), sampler="ddim", num_steps=steps, seed=0, progress=False)
+    dt = time.perf_counter() - t0
+    return {"img_s": n / dt, "step_s": dt / steps, "first_s": warm, "rss_mb": _rss_mb()}
+
+
+def worker_profile(spec):
+    """Where a PYNATIVE / GRAPH train step spends its time: forward, forward+backward, full step;
+    and a few single ops at the U-Net's full-resolution shapes (forward + backward)."""
+    ms = _setup_mindspore(spec)
+    import numpy as np
+    from mindspore import nn, ops
+    from ddpm_ms.trainer import draw_t_noise
+    from ddpm_ms.unet import GroupNorm32, conv2d, gelu
+    trainer, cfg = build_trainer(spec)
+    b, reps = spec["batch"], spec.get("reps", 3)
+    rng = np.random.default_rng(0)
+    x0 = ms.Tensor(rng.uniform(-1, 1, (b, 1, 28, 28)).astype(np.float32))
+    t, noise = draw_t_noise(0, 0, 0, x0.shape, cfg["timesteps"])
+    weights = trainer.optimizer.parameters
+    grad_fn = ms.value_and_grad(trainer.loss_cell, None, weights)
+    jit = cfg["mode"] == "graph"
+    fwd = ms.jit(lambda a, b_, c: trainer.loss_cell(a, b_, c)) if jit else trainer.loss_cell
+    fb = ms.jit(lambda a, b_, c: grad_fn(a, b_, c)) if jit else grad_fn
+
+    def timed(fn, *args):
+        out = fn(*args)
+        _sync(out)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            out = fn(*args)
+        _sync(out)
+        return (time.perf_counter() - t0) / reps
+
+    res = {"forward_s": timed(fwd, x0, t, noise), "fwd_bwd_s": timed(fb, x0, t, noise),
+           "step_s": timed(trainer.train_step, x0, t, noise)}
+    res["backward_s"] = res["fwd_bwd_s"] - res["forward_s"]
+    res["optimizer_ema_s"] = res["step_s"] - res["fwd_bwd_s"]
+    # single ops at the shapes of the first stage (28x28, 28 channels) and the mid attention
+    c, hw = 28, 28
+    xs = ms.Tensor(rng.standard_normal((b, c, hw, hw)).astype(np.float32))
+    ops_cells = {
+        "dwconv7x7_28ch": conv2d(c, c, 7, padding=3, group=c),
+        "conv3x3_28to56": conv2d(c, 2 * c, 3, padding=1),
+        "groupnorm1_28ch": GroupNorm32(1, c),
+        "gelu_28ch": gelu(),
+    }
+    for name, cell in ops_cells.items():
+        g = ms.grad(cell, grad_position=0)
+        if jit:
+            cell_j, g_j = ms.jit(lambda a, cell=cell: cell(a)), ms.jit(lambda a, g=g: g(a))
+        else:
+            cell_j, g_j = cell, g
+        res[f"op_{name}_fwd_ms"] = 1000 * timed(cell_j, xs)
+        res[f"op_{name}_fwd_bwd_ms"] = 1000 * timed(g_j, xs)
+    q = ms.Tensor(rng.standard_normal((b * 4, 32, 49)).astype(np.float32))   # mid attention, 7x7
+    bmm = (lambda a: ops.bmm(a.transpose(0, 2, 1), a))
+    res["op_attn_bmm_qk_7x7_fwd_ms"] = 1000 * timed(ms.jit(bmm) if jit else bmm, q)
+    res["rss_mb"] = _rss_mb()
+    return res
+
+
+def _sync(out):
+    import mindspore as ms
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    if isinstance(out, ms.Tensor):
+        out.asnumpy()
+
+
+WORKERS = {"train": worker_train, "matmul": worker_matmul, "flops": worker_flops, "sample": worker_sample,
+           "profile": worker_profile}
+
+
+def worker_main(spec_json):
+    spec = json.loads(spec_json)
+    result = WORKERS[spec["kind"]](spec)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ============================================================================ parent side
+def case_env(spec):
+    """Environment for one case: ours = cpu_env chooses (no user overrides); tutorial = none set."""
+    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
+    env["GLOG_v"] = "3"
+    if spec.get("isa") == "nocap":
+        env["ONEDNN_MAX_CPU_ISA"] = "ALL"   # what oneDNN does by default
+    if spec.get("threads"):
+        env["DDPM_MS_CPU_THREADS"] = str(spec["threads"])
+    return env
+
+
+def run_case(spec, timeout, peer_python=PEER_PYTHON):
+    """Run one case in a subprocess; returns its result dict (or {'error': ...})."""
+    if spec["kind"].startswith("peer"):
+        if not os.path.exists(peer_python):
+            return {"error": f"peer python {peer_python} not found (see bench/requirements-bench.txt)"}
+        cmd = [peer_python, str(ROOT / "bench" / "peer_torch.py"), "--json", json.dumps(spec)]
+    else:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, env=case_env(spec), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    for line in proc.stdout.splitlines()[::-1]:
+        if line.startswith("RESULT "):
+            res = json.loads(line[len("RESULT "):])
+            res["wall_s"] = time.perf_counter() - t0
+            return res
+    return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+
+
+def cases(args):
+    """name -> spec, in run order."""
+    out = {}
+    batches = [16] if args.quick else [16, 128]
+    for b in batches:
+        s, w = (args.steps * 2, args.warmup) if b == 16 else (args.steps, args.warmup)
+        # the tutorial's way crawls (about a minute a step at batch 16): PYNATIVE has nothing to
+        # compile, so one warm-up step at batch 16 and none at batch 128
+        out[f"tutorial_b{b}"] = dict(kind="train", settings="default", mode="pynative", batch=b,
+                                     warmup=1 if b == 16 else 0, steps=args.tutorial_steps)
+        out[f"pyn_b{b}"] = dict(kind="train", mode="pynative", batch=b, warmup=1, steps=s)
+        out[f"graph_b{b}"] = dict(kind="train", mode="graph", batch=b, warmup=w, steps=s)
+        out[f"graph_o1_b{b}"] = dict(kind="train", mode="graph", batch=b, warmup=w, steps=s, jit_level="O1")
+        out[f"peer_b{b}"] = dict(kind="peer_train", batch=b, warmup=w, steps=s, threads=args.peer_threads)
+        if b == 16 or args.ablations128:
+            # one setting changed at a time from graph_b*: no ISA cap; 1 / 25 threads
+            out[f"nocap_graph_b{b}"] = dict(kind="train", mode="graph", batch=b, isa="nocap", warmup=1,
+                                            steps=1)
+            out[f"t1_graph_b{b}"] = dict(kind="train", mode="graph", batch=b, threads=1, warmup=w, steps=s)
+            out[f"t25_graph_b{b}"] = dict(kind="train", mode="graph", batch=b, threads=25, warmup=w, steps=s)
+    out["matmul"] = dict(kind="matmul", n=2048)
+    out["peer_matmul"] = dict(kind="peer_matmul", n=2048, threads=args.peer_threads)
+    out["flops"] = dict(kind="flops")
+    out["peer_flops"] = dict(kind="peer_flops")
+    if not args.no_sample:
+        out["sample_ddim50"] = dict(kind="sample", batch=64, sample_steps=50)
+        out["peer_sample_ddim50"] = dict(kind="peer_sample", batch=64, sample_steps=50,
+                                         threads=args.peer_threads)
+    return out
+
+
+def machine():
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    from ddpm_ms.cpu_env import cpu_has_avx512, usable_cpus
+    return f"{model}, {usable_cpus()} usable cores, AVX-512 {'yes' if cpu_has_avx512() else 'no'}"
+
+
+def versions():
+    out = {"python": platform.python_version()}
+    try:
+        from importlib.metadata import version
+        out["mindspore"] = version("mindspore")
+    except Exception:  # noqa: BLE001
+        out["mindspore"] = "?"
+    return out
+
+
+def report(results, args):
+    """Markdown table + ratios against the issue's targets."""
+    flops = results.get("flops", {})
+    peer_flops = results.get("peer_flops", {})
+    fwd = flops.get("fwd_gflop_per_image")
+    peer_fwd = peer_flops.get("fwd_gflop_per_image")
+    peak = results.get("matmul", {}).get("ms_gflops")
+    lines = ["| case | images/s | step s | first step s | peak RSS MB | GFLOP/s | % of MS matmul peak | note |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for name, r in results.items():
+        if r.get("img_s") is None and "error" not in r:
+            continue
+        if "error" in r:
+            lines.append(f"| {name} | - | - | - | - | - | - | {r['error']} |")
+            continue
+        per_img = peer_fwd if name.startswith("peer") else fwd
+        # training ~= forward + 2x forward for the backward; sampling = one forward per step
+        factor = r.get("sample_steps", 50) if "sample" in name else 3
+        gfs = r["img_s"] * factor * per_img if per_img else None
+        note = r.get("note", "")
+        if "threads_in_process" in r:
+            note = f"{r['threads_in_process']} OS threads, ISA {r.get('isa')}"
+        lines.append(f"| {name} | {r['img_s']:.1f} | {r.get('step_s', 0):.3f} | {r.get('first_s', 0):.1f} | "
+                     f"{r.get('rss_mb', 0):.0f} | {gfs or 0:.1f} | {100 * gfs / peak if gfs and peak else 0:.1f} | "
+                     f"{note} |")
+    text = "\n".join(lines)
+    extra = []
+    if fwd and peer_fwd:
+        extra.append(f"forward GFLOP/image: ours {fwd:.3f} ({flops.get('params'):,} params), "
+                     f"peer {peer_fwd:.3f} ({peer_flops.get('params'):,} params); ratio {fwd / peer_fwd:.2f}")
+    if peak:
+        torch_peak = results.get("peer_matmul", {}).get("torch_gflops")
+        extra.append(f"fp32 matmul 2048^2 in this run: MindSpore {peak:.0f} GFLOP/s (its oneDNN, ISA as "
+                     f"our settings), numpy {results['matmul'].get('numpy_gflops', 0):.0f}"
+                     + (f", torch {torch_peak:.0f}" if torch_peak else ""))
+    for b in (16, 128):
+        best = max((results.get(f"{m}_b{b}", {}).get("img_s") or 0, m) for m in ("pyn", "graph", "graph_o1"))
+        tut = results.get(f"tutorial_b{b}", {}).get("img_s")
+        peer = results.get(f"peer_b{b}", {}).get("img_s")
+        if best[0] and tut:
+            extra.append(f"batch {b}: best ours ({best[1]}) / tutorial way = {best[0] / tut:.1f}x (target >= 3x)")
+        if best[0] and peer and fwd and peer_fwd:
+            extra.append(f"batch {b}: ours / peer at equal FLOPs = {best[0] * fwd / (peer * peer_fwd):.2f} "
+                         f"(raw images/s ratio {best[0] / peer:.2f}; target >= 0.5)")
+    return text + "\n\n" + "\n".join(f"- {e}" for e in extra)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="batch 16 only")
+    p.add_argument("--only", default="", help="comma-separated case names")
+    p.add_argument("--list", action="store_true", help="print the case names and exit")
+    p.add_argument("--steps", type=int, default=3, help="timed steps at batch 128 (2x at batch 16)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiles)")
+    p.add_argument("--tutorial_steps", type=int, default=1, help="timed steps of the tutorial way")
+    p.add_argument("--peer_threads", type=int, default=2)
+    p.add_argument("--peer_python", default=PEER_PYTHON, help="python of the venv with the PyTorch peer")
+    p.add_argument("--no_sample", action="store_true", help="skip the DDIM-50 sampling cases")
+    p.add_argument("--ablations128", action="store_true", help="also run the ISA / thread ablations at batch 128")
+    p.add_argument("--timeout", type=float, default=1200.0, help="seconds per case")
+    p.add_argument("--out", default="", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.worker:
+        worker_main(args.worker)
+        return
+    todo = cases(args)
+    if args.list:
+        print("\n".join(todo))
+        return
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in todo]
+        if unknown:
+            p.error(f"unknown case(s) {unknown}; --list shows them")
+        keep = set(names) | {"flops", "peer_flops", "matmul", "peer_matmul"}
+        todo = {k: v for k, v in todo.items() if k in keep}
+    header = (f"date {datetime.datetime.now().isoformat(timespec='seconds')}; machine {machine()}; "
+              f"load before {os.getloadavg()[0]:.2f}; {versions()}")
+    print(header, flush=True)
+    results = {}
+    for name, spec in todo.items():
+        res = run_case(spec, args.timeout, args.peer_python)
+        res["load_1min"] = round(os.getloadavg()[0], 2)
+        results[name] = res
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()}
+        print(f"{name}: {json.dumps(shown)}", flush=True)
+    print()
+    print(report(results, args))
+    print(f"\nload after {os.getloadavg()[0]:.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"header": header, "argv": sys.argv[1:], "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

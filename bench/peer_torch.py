@@ -1,0 +1,125 @@
+"""The PyTorch peer for bench/bench_train.py: lucidrains' denoising-diffusion-pytorch on CPU.
+
+Runs in its own venv (bench/requirements-bench.txt), never imports ddpm_ms or MindSpore:
+
+    /work/venv-bench/bin/python bench/peer_torch.py --json '{"kind": "peer_train", "batch": 128}'
+
+Kinds (one per process, result printed as ``RESULT {json}``, as the MindSpore worker does):
+
+    peer_train    Unet(dim=28, dim_mults=(1,2,4), channels=1) inside GaussianDiffusion (T=1000,
+                  eps objective, linear betas as ours; its MSE loss), Adam lr 1e-3,
+                  global-norm clipping at 1.0 and an EMA of the weights each step, like our train
+                  step; torch eager, ``threads`` intra-op threads (default 2)
+    peer_sample   GaussianDiffusion(sampling_timesteps=50).sample: DDIM eta 0, 50 steps
+    peer_flops    forward FLOPs per image by torch.utils.flop_counter (2 x multiply-adds of
+                  conv / mm / bmm / attention), and the parameter count
+    peer_matmul   fp32 2048x2048 matmul GFLOP/s
+
+The package imports torchvision at the top of its module; torchvision does not import beside
+torch 2.13 here, so the stand-in in bench/peer_stub/ goes first on sys.path (the peer uses
+torchvision only in its data set and Trainer, which are not run).
+"""
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peer_stub"))
+
+import torch  # noqa: E402
+
+UNET = dict(dim=28, dim_mults=(1, 2, 4), channels=1)
+
+
+def _rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def build(sampling_timesteps=None):
+    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+    torch.manual_seed(0)
+    model = Unet(**UNET)
+    kwargs = {"sampling_timesteps": sampling_timesteps} if sampling_timesteps else {}
+    diffusion = GaussianDiffusion(model, image_size=28, timesteps=1000, objective="pred_noise",
+                                  beta_schedule="linear", **kwargs)
+    return model, diffusion
+
+
+def peer_train(spec):
+    model, diffusion = build()
+    opt = torch.optim.Adam(diffusion.parameters(), lr=1e-3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ema = [p.detach().clone() for p in params]
+    b = spec["batch"]
+    x = torch.rand(b, 1, 28, 28)      # GaussianDiffusion normalises [0, 1] -> [-1, 1] itself
+    times = []
+    for i in range(spec["warmup"] + spec["steps"]):
+        t0 = time.perf_counter()
+        loss = diffusion(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, params, 1.0 - 0.999)
+        loss = float(loss.detach())    # waits for the step, like .asnumpy() on our side
+        times.append(time.perf_counter() - t0)
+    timed = times[spec["warmup"]:]
+    step_s = sum(timed) / len(timed)
+    return {"img_s": b / step_s, "step_s": step_s, "first_s": times[0], "loss": loss,
+            "rss_mb": _rss_mb(), "note": f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
+
+
+def peer_sample(spec):
+    model, diffusion = build(sampling_timesteps=spec.get("sample_steps", 50))
+    model.eval()
+    n = spec["batch"]
+    diffusion.sample(batch_size=2)    # warm-up (50 steps at batch 2)
+    t0 = time.perf_counter()
+    diffusion.sample(batch_size=n)
+    dt = time.perf_counter() - t0
+    return {"img_s": n / dt, "step_s": dt / spec.get("sample_steps", 50), "rss_mb": _rss_mb(),
+            "note": f"torch {torch.__version__}, {torch.get_num_threads()} threads, DDIM eta 0"}
+
+
+def peer_flops(spec):
+    from torch.utils.flop_counter import FlopCounterMode
+    model, _ = build()
+    b = 2
+    x, t = torch.randn(b, 1, 28, 28), torch.randint(0, 1000, (b,))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, t)
+    by_op = {str(k): v / b / 1e9 for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "fwd_gflop_per_image": counter.get_total_flops() / b / 1e9, "parts_gflop_per_image": by_op}
+
+
+def peer_matmul(spec):
+    n, reps = spec.get("n", 2048), spec.get("reps", 5)
+    a = torch.randn(n, n)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    return {"torch_gflops": 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9}
+
+
+KINDS = {"peer_train": peer_train, "peer_sample": peer_sample, "peer_flops": peer_flops,
+         "peer_matmul": peer_matmul}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", required=True, help="case spec, e.g. '{\"kind\": \"peer_train\", \"batch\": 16}'")
+    spec = json.loads(p.parse_args().json)
+    torch.set_num_threads(int(spec.get("threads") or os.environ.get("DDPM_MS_CPU_THREADS", 2)))
+    spec.setdefault("warmup", 2)
+    spec.setdefault("steps", 5)
+    print("RESULT " + json.dumps(KINDS[spec["kind"]](spec)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""CPU settings: applied when they should be, left alone when the user set them; mode 'auto'.
+
+Not timings (see bench/bench_train.py). The environment checks run ``apply_cpu_env`` in small
+subprocesses with a controlled environment, because it acts once per process and must run
+before MindSpore is imported; those subprocesses do not import MindSpore.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ddpm_ms import cpu_env
+from ddpm_ms.config import ConfigError, resolve
+from ddpm_ms.device import CPU_AUTO_MODE, MODES, resolve_mode
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_VARS = ("ONEDNN_MAX_CPU_ISA", "DDPM_MS_CPU_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+            "MKL_NUM_THREADS")
+FLAGS_AVX512 = "flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl amx_tile\n"
+FLAGS_AVX2 = "flags\t\t: fpu sse sse2 avx avx2 fma bmi2\n"
+
+
+def _cpuinfo(tmp_path, flags):
+    path = tmp_path / "cpuinfo"
+    path.write_text("processor\t: 0\nmodel name\t: Test CPU\n" + flags)
+    return str(path)
+
+
+def _run(tmp_path, flags=FLAGS_AVX512, env=None, prefix=()):
+    """apply_cpu_env in a fresh process; returns (chosen dict, resulting env vars, stdout)."""
+    code = (
+        "import json, os, sys\n"
+        "from ddpm_ms.cpu_env import apply_cpu_env\n"
+        f"chosen = apply_cpu_env(verbose=True, cpuinfo_path={_cpuinfo(tmp_path, flags)!r})\n"
+        "again = apply_cpu_env(verbose=True)\n"
+        "assert again == chosen\n"
+        f"print('JSON' + json.dumps([chosen, {{k: os.environ.get(k) for k in {CPU_VARS!r}}}, "
+        "'mindspore' in sys.modules]))\n")
+    clean = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
+    clean.update(env or {})
+    clean["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([*prefix, sys.executable, "-c", code], env=clean, capture_output=True, text=True,
+                          timeout=60, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("JSON"))
+    chosen, values, ms_loaded = json.loads(line[4:])
+    assert not ms_loaded, "apply_cpu_env must not import MindSpore"
+    return chosen, values, proc.stdout
+
+
+# ----------------------------------------------------------------------------- pure parsing
+def test_avx512_detection_from_cpuinfo(tmp_path):
+    assert cpu_env.cpu_has_avx512(_cpuinfo(tmp_path, FLAGS_AVX512))
+    assert not cpu_env.cpu_has_avx512(_cpuinfo(tmp_path, FLAGS_AVX2))
+    assert not cpu_env.cpu_has_avx512(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("text,want", [("max 100000", None), ("max", None), ("150000 100000", 1),
+                                       ("200000 100000", 2), ("50000 100000", 1), ("400000 100000\n", 4)])
+def test_cgroup_v2_cpu_max(text, want):
+    assert cpu_env.parse_cgroup_v2(text) == want
+
+
+def test_cgroup_v1_quota():
+    assert cpu_env.parse_cgroup_v1("-1\n", "100000\n") is None
+    assert cpu_env.parse_cgroup_v1("150000", "100000") == 1
+    assert cpu_env.parse_cgroup_v1("300000", "100000") == 3
+
+
+def test_cgroup_files_and_usable_cpus(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu_env, "affinity_cpus", lambda: 8)
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/job\n")
+    root = tmp_path / "fs"
+    (root / "job").mkdir(parents=True)
+    (root / "job" / "cpu.max").write_text("150000 100000\n")
+    assert cpu_env.cgroup_cpu_limit(str(root), str(proc)) == 1
+    assert cpu_env.usable_cpus(str(root), str(proc)) == 1
+    (root / "job" / "cpu.max").write_text("max 100000\n")
+    assert cpu_env.usable_cpus(str(root), str(proc)) == 8           # unlimited: the affinity mask
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_env.usable_cpus(str(v1), str(tmp_path / "none")) == 3
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_env.usable_cpus(str(v1), str(tmp_path / "none")) == 8
+    assert cpu_env.usable_cpus(str(tmp_path / "nothing"), str(tmp_path / "none")) == 8
+
+
+# ----------------------------------------------------------------------------- subprocesses
+def test_applied_on_avx512_cpu(tmp_path):
+    chosen, env, out = _run(tmp_path)
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    n = cpu_env.usable_cpus()
+    assert env["DDPM_MS_CPU_THREADS"] == env["OMP_NUM_THREADS"] == str(n)
+    assert chosen["threads"].startswith(f"{n} ")
+    assert out.count("[ddpm_ms] CPU settings:") == 1                 # printed once
+
+
+def test_no_cap_without_avx512(tmp_path):
+    chosen, env, _ = _run(tmp_path, flags=FLAGS_AVX2)
+    assert env["ONEDNN_MAX_CPU_ISA"] is None
+    assert chosen["onednn_isa"].startswith("default")
+
+
+def test_user_isa_left_alone(tmp_path):
+    chosen, env, _ = _run(tmp_path, env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"
+    assert "set by user" in chosen["onednn_isa"]
+
+
+def test_user_threads_used(tmp_path):
+    chosen, env, _ = _run(tmp_path, env={"DDPM_MS_CPU_THREADS": "3", "MKL_NUM_THREADS": "7"})
+    assert env["DDPM_MS_CPU_THREADS"] == env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "3"
+    assert env["MKL_NUM_THREADS"] == "7"                              # a user's pool setting stays
+    assert "set by user" in chosen["threads"]
+
+
+def test_bad_thread_count_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("DDPM_MS_CPU_THREADS", "two")
+    with pytest.raises(ConfigError, match="DDPM_MS_CPU_THREADS"):
+        cpu_env.cpu_threads()
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None or not hasattr(os, "sched_getaffinity"),
+                    reason="needs taskset (util-linux) and Linux affinity")
+def test_affinity_limited_process_gets_one_thread(tmp_path):
+    _, env, _ = _run(tmp_path, prefix=("taskset", "-c", "0"))
+    assert env["DDPM_MS_CPU_THREADS"] == "1"
+
+
+def test_thread_count_reaches_mindspore(tmp_path):
+    """The chosen count is really passed to MindSpore's op thread pool (set once per process)."""
+    code = (
+        "from ddpm_ms.cpu_env import apply_cpu_env\n"
+        "apply_cpu_env(verbose=False)\n"
+        "import mindspore as ms\n"
+        "from mindspore._c_expression import RuntimeConf\n"
+        "from ddpm_ms.device import setup_device\n"
+        "assert not RuntimeConf.get_instance().is_op_threads_num_configured()\n"
+        "info = setup_device('CPU', 'auto', verbose=False)\n"
+        "assert RuntimeConf.get_instance().is_op_threads_num_configured()\n"
+        "info2 = setup_device('CPU', 'pynative', verbose=False)   # a second call does not fail\n"
+        "print('THREADS', info['threads'], info['mode'], info2['mode'])\n")
+    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
+    env.update(PYTHONPATH=str(ROOT), DDPM_MS_CPU_THREADS="1", GLOG_v="3")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"THREADS 1 {CPU_AUTO_MODE} pynative" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- mode auto
+def test_mode_auto_resolution():
+    assert MODES == ("auto", "graph", "pynative")
+    assert resolve_mode("auto", "Ascend") == ("graph", "auto: graph on Ascend")
+    assert resolve_mode("auto", "GPU")[0] == "graph"
+    mode, why = resolve_mode("auto", "CPU")
+    assert mode == CPU_AUTO_MODE and mode in ("graph", "pynative") and why.startswith("auto:")
+    assert resolve_mode("pynative", "CPU") == ("pynative", "requested")
+    assert resolve_mode("graph", "GPU") == ("graph", "requested")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        resolve_mode("eager", "CPU")
+
+
+def test_config_mode_defaults_to_auto():
+    assert resolve({})["mode"] == "auto"
+    assert resolve({}, {"mode": "pynative"})["mode"] == "pynative"
+    with pytest.raises(ConfigError, match="mode"):
+        resolve({}, {"mode": "eager"})
+
+
+def test_prepare_resolves_auto_and_prints_once(tmp_path):
+    code = (
+        "from ddpm_ms.cli import prepare\n"
+        "cfg, info = prepare(['--device_target', 'CPU', '--mode', 'auto'])\n"
+        "print('MODE', cfg['mode'], cfg['_requested_mode'], info['mode'])\n")
+    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
+    env.update(PYTHONPATH=str(ROOT), GLOG_v="3")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"MODE {CPU_AUTO_MODE} auto {CPU_AUTO_MODE}" in proc.stdout
+    assert proc.stdout.count("[ddpm_ms] CPU settings:") == 1
+    device_lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[ddpm_ms] device:")]
+    assert len(device_lines) == 1 and f"mode={CPU_AUTO_MODE} (auto:" in device_lines[0]
