@@ -31,6 +31,7 @@ from mindspore.amp import DynamicLossScaler, all_finite
 
 from . import checkpoint as ckpt
 from .config import ConfigError, public, save_config
+from .device import resolve_mode
 from .losses import DiffusionLoss
 from .schedule import NoiseSchedule
 from .unet import UNET_KEYS, build_unet, model_summary, set_compute_dtype
