@@ -133,6 +133,16 @@ def build_optimizer(cfg, params, lrs):
                    weight_decay=cfg["weight_decay"])
 
 
+def _apply_update(grads, optimizer, ema, grad_clip):
+    """Clip (global norm), apply the optimizer, then the EMA; shared by every step variant."""
+    if grad_clip > 0:
+        grads = ops.clip_by_global_norm(grads, grad_clip)
+    done = optimizer(grads)
+    if ema is not None:
+        done = ops.depend(done, ema())
+    return done
+
+
 def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None, jit=True,
                     loss_scaler=None, loss_reducer=None):
     """step(x0, t, noise) -> loss: gradients, reduce, clip, update, EMA, in one graph.
@@ -150,11 +160,7 @@ def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None,
             loss, grads = grad_fn(x0, t, noise)
             if grad_reducer is not None:
                 grads = grad_reducer(grads)
-            if grad_clip > 0:
-                grads = ops.clip_by_global_norm(grads, grad_clip)
-            loss = ops.depend(loss, optimizer(grads))
-            if ema is not None:
-                loss = ops.depend(loss, ema())
+            loss = ops.depend(loss, _apply_update(grads, optimizer, ema, grad_clip))
             if loss_reducer is not None:
                 loss = loss_reducer(loss)
             return loss
@@ -177,11 +183,7 @@ def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None,
         finite = all_finite(grads)
         loss_scaler.adjust(finite)
         if finite:
-            if grad_clip > 0:
-                grads = ops.clip_by_global_norm(grads, grad_clip)
-            loss = ops.depend(loss, optimizer(grads))
-            if ema is not None:
-                loss = ops.depend(loss, ema())
+            loss = ops.depend(loss, _apply_update(grads, optimizer, ema, grad_clip))
         return loss, finite
 
     return ms.jit(amp_step) if jit else amp_step
@@ -215,11 +217,7 @@ def make_accum_steps(loss_cell, optimizer, ema, accum, grad_clip=0.0, grad_reduc
         grads = hyper_map(ops.partial(_mean_op, float(accum)), sums)
         if grad_reducer is not None:
             grads = grad_reducer(grads)
-        if grad_clip > 0:
-            grads = ops.clip_by_global_norm(grads, grad_clip)
-        done = optimizer(grads)
-        if ema is not None:
-            done = ops.depend(done, ema())
+        done = _apply_update(grads, optimizer, ema, grad_clip)
         return ops.depend(done, hyper_map(_zero_op, sums))
 
     def amp_apply():
@@ -229,11 +227,7 @@ def make_accum_steps(loss_cell, optimizer, ema, accum, grad_clip=0.0, grad_reduc
         finite = all_finite(grads)
         loss_scaler.adjust(finite)
         if finite:
-            if grad_clip > 0:
-                grads = ops.clip_by_global_norm(grads, grad_clip)
-            finite = ops.depend(finite, optimizer(grads))
-            if ema is not None:
-                finite = ops.depend(finite, ema())
+            finite = ops.depend(finite, _apply_update(grads, optimizer, ema, grad_clip))
         return ops.depend(finite, hyper_map(_zero_op, sums))
 
     if loss_scaler is not None:
