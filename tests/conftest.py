@@ -35,6 +35,18 @@ def _pynative_by_default():
 
 
 @pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """24 distinct random 8x8 RGB PNGs: a data set small enough for real training steps in tests."""
+    import numpy as np
+    from PIL import Image
+    root = tmp_path_factory.mktemp("tiny_images")
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
 def data_root():
     return DATA_ROOT
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ddpm_ms import checkpoint as ckpt
 from ddpm_ms import distributed
@@ -25,15 +24,6 @@ from ddpm_ms.trainer import draw_t_noise, use_data_sink
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_VARS = ("MS_ROLE", "MS_WORKER_NUM", "RANK_SIZE", "RANK_TABLE_FILE", "RANK_ID", "MS_SCHED_HOST",
                "MS_SCHED_PORT", "MS_NODE_ID")
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dp_images")
-    rng = np.random.default_rng(0)
-    for i in range(24):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
-    return root
 
 
 def tiny_cfg(folder, **over):

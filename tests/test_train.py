@@ -3,7 +3,6 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import mindspore as ms
 
@@ -12,16 +11,6 @@ from ddpm_ms.config import resolve
 from ddpm_ms.train_job import make_dataset_factory
 from ddpm_ms.data import create_dataset
 from ddpm_ms.trainer import EMA, Trainer, TrainingError, draw_t_noise, lr_schedule
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """24 distinct 8x8 RGB images (a tiny data set the train tests can go through fast)."""
-    root = tmp_path_factory.mktemp("tiny_images")
-    rng = np.random.default_rng(0)
-    for i in range(24):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
-    return root
 
 
 def tiny_cfg(folder, out, **over):
