@@ -31,10 +31,18 @@ def save(path, named_tensors, step, config, epoch=0, kind="train"):
     items = [{"name": name, "data": value} for name, value in named_tensors]
     meta = {"step": int(step), "epoch": int(epoch), "format_version": FORMAT_VERSION,
             "config_json": json.dumps(public(config), sort_keys=True), "kind": kind}
+    return save_atomic(items, path, append_dict=meta)
+
+
+def save_atomic(items, path, append_dict=None):
+    """``mindspore.save_checkpoint(items, ...)`` to a temporary file renamed onto ``path``:
+    a failure leaves ``path`` as it was and removes the temporary file."""
+    import mindspore as ms
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}.ckpt"  # MindSpore appends .ckpt to names without it
     try:
-        ms.save_checkpoint(items, tmp, append_dict=meta)
+        ms.save_checkpoint(items, tmp, append_dict=append_dict)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

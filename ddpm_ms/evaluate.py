@@ -15,13 +15,19 @@ noise. Read it together with ``coverage`` (Naeem et al. 2020), which stays ~0 th
 Fashion-MNIST features come from our own classifier (``ddpm_ms.feature_net``), so its FID is
 NOT comparable with Inception-based FIDs in papers, only between runs reporting the same
 ``feature_net.sha256``. When the classifier cache is missing it is trained first (a few
-minutes on CPU, once). RGB data (cifar10, image folders) needs an InceptionV3 network, which
-is not implemented yet: ``--inception_ckpt`` is required and then a clear error is raised.
+minutes on CPU, once).
+
+RGB data (``--ref cifar10``: the official binary batches; ``--ref image_folder``: the images
+under ``--data_dir``; or RGB ``.npz`` sets) is scored on InceptionV3 pool3 features, the
+network of published FIDs (``ddpm_ms.inception``). Its weights are a checkpoint you convert
+once from pytorch-fid's file and pass as ``--inception_ckpt``; nothing is downloaded.
+``--inception_ckpt`` also scores 28x28x1 sets with Inception (channels repeated).
 """
 import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -63,27 +69,66 @@ def load_samples(path, what="samples"):
     return images
 
 
-def _rgb_error(args):
+def _need_inception(args):
     if not args.inception_ckpt:
-        raise EvalError("RGB FID needs --inception_ckpt PATH (a MindSpore InceptionV3 checkpoint you provide; "
-                        "nothing is downloaded)")
-    if not os.path.isfile(args.inception_ckpt):
-        raise EvalError(f"--inception_ckpt not found: {args.inception_ckpt}")
-    raise EvalError("not implemented yet: RGB FID needs an InceptionV3 feature network, which ddpm_ms "
-                    "does not include yet (only Fashion-MNIST-style 28x28x1 images are supported)")
+        raise EvalError("RGB FID needs --inception_ckpt PATH (InceptionV3 weights converted once with "
+                        "python -m ddpm_ms.inception convert; nothing is downloaded)")
 
 
-def load_reference(args, rng):
-    """Reference uint8 images (M, H, W, C) and a label for the JSON output."""
+def load_cifar10(data_dir, split="test"):
+    """uint8 (N, 32, 32, 3) from the official binary batches in ``data_dir`` (the
+    ``cifar-10-batches-bin`` folder or the folder holding it)."""
+    root = Path(data_dir)
+    names = ["test_batch.bin"] if split == "test" else [f"data_batch_{i}.bin" for i in range(1, 6)]
+    if not (root / names[0]).is_file() and (root / "cifar-10-batches-bin" / names[0]).is_file():
+        root = root / "cifar-10-batches-bin"
+    out = []
+    for name in names:
+        path = root / name
+        if not path.is_file():
+            raise EvalError(f"CIFAR-10 batch not found: {path} (pass --data_dir pointing at cifar-10-batches-bin)")
+        raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size % 3073:
+            raise EvalError(f"{path} is not a CIFAR-10 binary batch ({raw.size} bytes, not a multiple of 3073)")
+        out.append(raw.reshape(-1, 3073)[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return np.concatenate(out, 0)
+
+
+def load_folder_images(data_dir, size):
+    """uint8 (N, size, size, 3): every image under ``data_dir``, short side resized to ``size``
+    and centre-cropped (as the training pipeline does)."""
+    from .data import IMAGE_EXTENSIONS, _list_images, load_image
+    if not os.path.isdir(data_dir):
+        raise EvalError(f"image folder not found: {data_dir}")
+    paths = _list_images(data_dir)
+    if not paths:
+        raise EvalError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {data_dir}")
+    out = []
+    for path in paths:
+        try:
+            out.append(load_image(path, channels=3, image_size=size))
+        except Exception as e:  # noqa: BLE001 -- any decoder failure
+            raise EvalError(f"cannot decode {path}: {type(e).__name__}: {e}; remove or fix it") from None
+    return np.stack(out)
+
+
+def load_reference(args, rng, size=32):
+    """Reference uint8 images (M, H, W, C) and a label for the JSON output (``size``: the side
+    that image-folder references are resized to)."""
     ref = args.ref
     if ref.endswith(".npz") or os.path.isfile(ref):
         images, label = load_samples(ref, "reference"), os.path.abspath(ref)
-    elif ref in RGB_REFS:
-        _rgb_error(args)
+    elif ref == "cifar10":
+        images, label = load_cifar10(args.data_dir or "data/cifar-10-batches-bin", args.ref_split), \
+            f"cifar10:{args.ref_split}"
+    elif ref == "image_folder":
+        if not args.data_dir:
+            raise EvalError("--ref image_folder needs --data_dir FOLDER")
+        images, label = load_folder_images(args.data_dir, size), os.path.abspath(args.data_dir)
     elif ref in GRAY_REFS:
         from .feature_net import FeatureNetError, load_fashion_mnist
         try:
-            images, _ = load_fashion_mnist(args.data_dir, args.ref_split)
+            images, _ = load_fashion_mnist(args.data_dir or "data/fashion-mnist", args.ref_split)
         except FeatureNetError as e:
             raise EvalError(str(e)) from None
         images, label = images[..., None], f"{ref}:{args.ref_split}"
@@ -100,11 +145,12 @@ def _classifier(args):
     from .feature_net import (NET_NAME, FeatureNetError, default_classifier_path, load_feature_net,
                               read_meta, train_classifier)
     path = args.classifier or default_classifier_path()
+    data_dir = args.data_dir or "data/fashion-mnist"
     try:
         if not os.path.isfile(path):
-            _log(f"classifier {path} not found: training it on Fashion-MNIST from {args.data_dir} "
+            _log(f"classifier {path} not found: training it on Fashion-MNIST from {data_dir} "
                  f"(a few minutes, once)")
-            train_classifier(args.data_dir, path, epochs=2, seed=0, log=_log)
+            train_classifier(data_dir, path, epochs=2, seed=0, log=_log)
         net, sha = load_feature_net(path)
         meta = read_meta(path)
     except FeatureNetError as e:
@@ -128,21 +174,25 @@ def build_arg_parser():
     p = argparse.ArgumentParser(
         description="FID / KID / precision / recall of samples against a reference; prints JSON. "
                     "Fashion-MNIST uses our own classifier's 128-d features (ddpm_ms.feature_net); if its "
-                    "cache is missing it is trained first (a few CPU minutes, once). RGB references "
-                    "(cifar10, image_folder) need --inception_ckpt and are not implemented yet.",
+                    "cache is missing it is trained first (a few CPU minutes, once). RGB data "
+                    "(cifar10, image_folder, RGB npz) uses InceptionV3 pool3 features from --inception_ckpt "
+                    "(converted once with python -m ddpm_ms.inception convert).",
         allow_abbrev=False)
     p.add_argument("--samples", required=True, help="npz with 'images' uint8 (N, H, W, C)")
     p.add_argument("--ref", default="fashion_mnist",
                    help="fashion_mnist, cifar10, image_folder, or another samples .npz path")
-    p.add_argument("--data_dir", default="data/fashion-mnist",
-                   help="folder with the Fashion-MNIST IDX files (.gz or decompressed)")
+    p.add_argument("--data_dir", default=None,
+                   help="Fashion-MNIST IDX folder (default data/fashion-mnist), cifar-10-batches-bin "
+                        "(default data/cifar-10-batches-bin) or the image folder")
     p.add_argument("--ref_split", default="test", choices=("test", "train"))
     p.add_argument("--num_ref", type=int, default=0,
                    help="random subset of the reference of this size (0 = all)")
     p.add_argument("--classifier", default=None,
                    help="feature classifier checkpoint (default: $DDPM_MS_CACHE or ~/.cache/ddpm_ms/"
                         "fmnist_classifier.ckpt; trained when missing)")
-    p.add_argument("--inception_ckpt", default=None, help="MindSpore InceptionV3 checkpoint for RGB data")
+    p.add_argument("--inception_ckpt", default=None,
+                   help="FID InceptionV3 weights (python -m ddpm_ms.inception convert); required for RGB data")
+    p.add_argument("--batch_size", type=int, default=50, help="images per InceptionV3 forward pass")
     p.add_argument("--kid_subsets", type=int, default=100)
     p.add_argument("--kid_subset_size", type=int, default=1000)
     p.add_argument("--k", type=int, default=3, help="k of the k-NN radii for precision/recall")
@@ -151,14 +201,29 @@ def build_arg_parser():
     return p
 
 
+def _inception(args):
+    from .inception import InceptionError, load_inception
+    try:
+        net, sha = load_inception(args.inception_ckpt)
+    except InceptionError as e:
+        raise EvalError(str(e)) from None
+    info = {"name": "pytorch-fid InceptionV3 (TF 2015-12-05) pool3", "path": os.path.abspath(args.inception_ckpt),
+            "sha256": sha}
+    return net, info
+
+
 def run(args):
     """Evaluate per parsed ``args``; returns the result dict (raises EvalError)."""
     rng = np.random.default_rng(args.seed)
     fake = load_samples(args.samples)
-    if fake.shape[-1] == 3:
-        _rgb_error(args)
-    real, ref_label = load_reference(args, rng)
-    if real.shape[1:] != (28, 28, 1) or fake.shape[1:] != (28, 28, 1):
+    use_inception = bool(args.inception_ckpt) or fake.shape[-1] == 3 or args.ref in RGB_REFS
+    if use_inception:
+        _need_inception(args)
+    real, ref_label = load_reference(args, rng, size=fake.shape[1])
+    if use_inception:
+        if real.shape[1:] != fake.shape[1:]:
+            raise EvalError(f"samples {fake.shape[1:]} and reference {real.shape[1:]} differ in shape")
+    elif real.shape[1:] != (28, 28, 1) or fake.shape[1:] != (28, 28, 1):
         raise EvalError(f"the Fashion-MNIST feature net needs 28x28x1 images, got samples {fake.shape[1:]} "
                         f"and reference {real.shape[1:]}")
     if args.k >= min(len(real), len(fake)):
@@ -167,10 +232,17 @@ def run(args):
 
     from .device import setup_device
     setup_device(args.device_target, mode="pynative", verbose=False)
-    from .feature_net import extract_features
-    net, net_info = _classifier(args)
-    _log(f"features of {len(fake)} samples and {len(real)} reference images ({ref_label})")
-    fake_f, real_f = extract_features(net, fake), extract_features(net, real)
+    if use_inception:
+        from .inception import inception_features
+        net, net_info = _inception(args)
+        _log(f"InceptionV3 features of {len(fake)} samples and {len(real)} reference images ({ref_label})")
+        fake_f = inception_features(net, fake, args.batch_size)
+        real_f = inception_features(net, real, args.batch_size)
+    else:
+        from .feature_net import extract_features
+        net, net_info = _classifier(args)
+        _log(f"features of {len(fake)} samples and {len(real)} reference images ({ref_label})")
+        fake_f, real_f = extract_features(net, fake), extract_features(net, real)
     result = evaluate_images(fake_f, real_f, args.kid_subsets, args.kid_subset_size, args.k, args.seed)
     result.update(num_samples=int(len(fake)), num_ref=int(len(real)), ref=ref_label,
                   samples=os.path.abspath(args.samples), feature_net=net_info)

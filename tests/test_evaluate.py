@@ -149,7 +149,10 @@ def test_cli_fashion_mnist_reference(capsys, random_classifier, tiny_sets, fashi
     ("missing_data_dir", "Fashion-MNIST folder not found"),
     ("unknown_ref", "--ref must be one of"),
     ("rgb_no_inception", "RGB FID needs --inception_ckpt"),
-    ("rgb_with_inception", "not implemented yet"),
+    ("rgb_bad_inception", "as a MindSpore checkpoint"),
+    ("rgb_missing_inception", "InceptionV3 checkpoint not found"),
+    ("cifar_missing", "CIFAR-10 batch not found"),
+    ("folder_missing", "image folder not found"),
 ])
 def test_cli_one_line_errors(capsys, tmp_path, random_classifier, tiny_sets, case, needle):
     good = tiny_sets[0]
@@ -165,7 +168,12 @@ def test_cli_one_line_errors(capsys, tmp_path, random_classifier, tiny_sets, cas
         "missing_data_dir": ["--samples", good, "--data_dir", tmp_path / "no_such_dir"],
         "unknown_ref": ["--samples", good, "--ref", "imagenet"],
         "rgb_no_inception": ["--samples", _npz(tmp_path / "rgb.npz", np.zeros((4, 32, 32, 3), np.uint8))],
-        "rgb_with_inception": ["--samples", good, "--ref", "cifar10", "--inception_ckpt", fake_ckpt],
+        "rgb_bad_inception": ["--samples", good, "--ref", good, "--inception_ckpt", fake_ckpt],
+        "rgb_missing_inception": ["--samples", good, "--ref", good, "--inception_ckpt", tmp_path / "no.ckpt"],
+        "cifar_missing": ["--samples", good, "--ref", "cifar10", "--data_dir", tmp_path, "--inception_ckpt",
+                          fake_ckpt],
+        "folder_missing": ["--samples", good, "--ref", "image_folder", "--data_dir", tmp_path / "nope",
+                           "--inception_ckpt", fake_ckpt],
     }[case]
     rc, out, err = _run(capsys, *argv, "--classifier", random_classifier)
     assert rc == 2 and out == ""
