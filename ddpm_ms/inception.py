@@ -235,6 +235,20 @@ def resize_bilinear_np(x, size):
     return np.einsum("ih,nchw,jw->ncij", rows, x, cols)
 
 
+def _check_params(net, params, not_this_net, source, hint=""):
+    """Names of ``net``'s parameters, after checking that ``params`` (name -> array or
+    Parameter) has every one of them with the same shape; InceptionError otherwise."""
+    want = {p.name: tuple(p.shape) for p in net.get_parameters()}
+    missing = sorted(set(want) - set(params))
+    if missing:
+        raise InceptionError(f"{not_this_net}: {len(missing)} of {len(want)} parameters missing "
+                             f"(first: {missing[0]}){hint}")
+    bad = [n for n in want if tuple(params[n].shape) != want[n]]
+    if bad:
+        raise InceptionError(f"{source}: {bad[0]} has shape {tuple(params[bad[0]].shape)}, expected {want[bad[0]]}")
+    return list(want)
+
+
 def load_inception(path):
     """(FIDInceptionV3 in eval mode, sha256) from a converted checkpoint; InceptionError with
     one line when the file is missing, unreadable or holds another network."""
@@ -249,16 +263,8 @@ def load_inception(path):
         raise InceptionError(f"cannot read {path} as a MindSpore checkpoint: "
                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     net = FIDInceptionV3()
-    want = {p.name: p.shape for p in net.get_parameters()}
-    missing = sorted(set(want) - set(params))
-    if missing:
-        raise InceptionError(f"{path} is not an FID InceptionV3 checkpoint: {len(missing)} of {len(want)} "
-                             f"parameters missing (first: {missing[0]}); convert it with "
-                             f"python -m ddpm_ms.inception convert")
-    wrong = [n for n in want if tuple(params[n].shape) != tuple(want[n])]
-    if wrong:
-        raise InceptionError(f"{path}: parameter {wrong[0]} has shape {tuple(params[wrong[0]].shape)}, "
-                             f"the FID InceptionV3 needs {tuple(want[wrong[0]])}")
+    want = _check_params(net, params, f"{path} is not an FID InceptionV3 checkpoint", path,
+                         "; convert it with python -m ddpm_ms.inception convert")
     ms.load_param_into_net(net, {n: params[n] for n in want})
     net.set_train(False)
     from .feature_net import sha256_file
@@ -297,14 +303,7 @@ def convert_state_dict(state):
 def write_checkpoint(arrays, out, source="state dict"):
     """Check converted ``arrays`` against the network and write them to ``out`` atomically
     (temporary file, then rename)."""
-    want = {p.name: tuple(p.shape) for p in FIDInceptionV3().get_parameters()}
-    missing = sorted(set(want) - set(arrays))
-    if missing:
-        raise InceptionError(f"{source} is not an Inception3 state dict: {len(missing)} parameters missing "
-                             f"(first: {missing[0]})")
-    bad = [n for n in want if tuple(arrays[n].shape) != want[n]]
-    if bad:
-        raise InceptionError(f"{source}: {bad[0]} has shape {tuple(arrays[bad[0]].shape)}, expected {want[bad[0]]}")
+    want = _check_params(FIDInceptionV3(), arrays, f"{source} is not an Inception3 state dict", source)
     from .checkpoint import save_atomic
     return save_atomic([{"name": n, "data": ms.Tensor(np.asarray(arrays[n], np.float32))} for n in want], out)
 
