@@ -9,6 +9,7 @@ import random
 
 import numpy as np
 
+from .config import ConfigError
 from .cpu_env import apply_cpu_env, cpu_threads
 
 DEVICE_TARGETS = ("auto", "CPU", "GPU", "Ascend")
@@ -19,6 +20,47 @@ MODES = ("auto", "graph", "pynative")
 # graph mode (whole-graph kernels, the reason those backends exist).
 CPU_AUTO_MODE = "graph"
 CPU_AUTO_WHY = "graph measured faster than pynative for the U-Net train step on CPU (bench/bench_train.py)"
+# How to get a backend this machine lacks (one line each, shown in DeviceError).
+HOW_TO_GET = {
+    "GPU": "GPU needs an NVIDIA GPU with CUDA 11.1 or 11.6 and the matching cuDNN (README: "
+           "'Installing for Ascend or GPU')",
+    "Ascend": "Ascend needs an Ascend NPU with the CANN toolkit that matches this MindSpore, its "
+              "set_env.sh sourced (README: 'Installing for Ascend or GPU')",
+}
+
+
+class DeviceError(ConfigError):
+    """The requested device is not available here; the message is one line."""
+
+
+def available_targets():
+    """Backends this MindSpore install can use on this machine, e.g. ['CPU']."""
+    import mindspore as ms
+    found = []
+    for target in ("Ascend", "GPU", "CPU"):
+        try:
+            if ms.hal.is_available(target):
+                found.append(target)
+        except Exception:  # backend plug-in missing or not loadable: not available
+            continue
+    return found or ["CPU"]
+
+
+def check_available(target):
+    """Raise DeviceError (one line) unless ``target`` can run here.
+
+    Checked with ``mindspore.hal.is_available`` before ``set_device``: setting a missing
+    backend prints MindSpore's library errors and a C++ stack instead.
+    """
+    if target == "CPU":
+        return
+    import mindspore as ms
+    offered = available_targets()
+    if target in offered:
+        return
+    raise DeviceError(f"device_target {target} is not available: this machine and MindSpore "
+                      f"{ms.__version__} offer {', '.join(offered)}. {HOW_TO_GET[target]}; or pass "
+                      f"--device_target {offered[0]} (or auto)")
 
 
 def resolve_mode(mode, target):
@@ -64,15 +106,20 @@ def setup_device(device_target="auto", mode="auto", device_id=-1, seed=None, ver
     import mindspore as ms
 
     target, why = resolve_device_target(device_target)
+    check_available(target)
     if device_id is None or device_id < 0:
         device_id = int(os.environ.get("DEVICE_ID", 0))
-    if hasattr(ms, "set_device"):  # MindSpore >= 2.5
-        if target == "CPU":
-            ms.set_device("CPU")
+    try:
+        if hasattr(ms, "set_device"):  # MindSpore >= 2.5
+            if target == "CPU":
+                ms.set_device("CPU")
+            else:
+                ms.set_device(target, device_id)
         else:
-            ms.set_device(target, device_id)
-    else:
-        ms.set_context(device_target=target, device_id=device_id)
+            ms.set_context(device_target=target, device_id=device_id)
+    except RuntimeError as err:  # e.g. device_id out of range; MindSpore adds a C++ stack
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DeviceError(f"cannot use {target} device {device_id}: {first}") from None
     mode, mode_why = resolve_mode(mode, target)
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     info = {"device_target": target, "why": why, "device_id": device_id, "mode": mode, "mode_why": mode_why}
