@@ -145,6 +145,29 @@ ALIASES = {"learning_rate": "lr", "num_steps": "max_steps", "steps": "max_steps"
            "gradient_accumulation_steps": "grad_accum", "clip_grad": "grad_clip", "device": "device_target"}
 
 
+# Flags that training platforms add to every job's command line, accepted and ignored with a
+# one-line note (the launcher's environment, not these flags, gives ranks and devices here).
+# Sources: ModelArts training jobs (--data_url / --train_url are real keys above; older engines add
+# --num_gpus; the ModelArts algorithm shell adds --launcher / --init_method / --rank / --world_size /
+# --local_rank / --local_size) and the ModelArts/OpenI input flags used by MindSpore's model suites
+# (mindcv, mindocr: --ckpt_url, --multi_data_url, --pretrain_url, --model_url).
+PLATFORM_FLAGS = {
+    "num_gpus": "devices come from the launcher (msrun / rank table)",
+    "launcher": "devices come from the launcher (msrun / rank table)",
+    "init_method": "ranks come from the launcher's environment",
+    "rank": "ranks come from the launcher's environment",
+    "world_size": "ranks come from the launcher's environment",
+    "local_rank": "ranks come from the launcher's environment",
+    "local_size": "ranks come from the launcher's environment",
+    "ckpt_url": "to resume from OBS use --checkpoint_url",
+    "pretrain_url": "to resume from OBS use --checkpoint_url",
+    "model_url": "outputs go to --train_url",
+    "multi_data_url": "give one data folder with --data_url",
+}
+PLATFORM_DEST = "platform:"
+CODE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
+
+
 def _closest(key):
     hits = difflib.get_close_matches(key, list(DEFAULTS) + list(ALIASES), n=1, cutoff=0.6)
     if not hits:
@@ -259,7 +282,23 @@ def build_parser(extra_defaults=None, description=None):
         shown = json.dumps(default) if not isinstance(default, str) else default
         parser.add_argument(f"--{key}", metavar=key.upper() if kind is not bool else "BOOL",
                             help=f"{help_text} [default: {shown}]")
+    for key in PLATFORM_FLAGS:  # value optional: --launcher alone or --num_gpus=1 both parse
+        parser.add_argument(f"--{key}", dest=PLATFORM_DEST + key, nargs="?", const="", help=argparse.SUPPRESS)
     return parser
+
+
+def find_config_file(path):
+    """A relative --config is looked up in the working directory, then in the code directory
+    (ModelArts starts the boot file from another directory); ConfigError when in neither."""
+    if os.path.isabs(path) or os.path.isfile(path):
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        return os.path.abspath(path)
+    beside_code = os.path.join(CODE_DIR, path)
+    if os.path.isfile(beside_code):
+        return beside_code
+    raise ConfigError(f"config file not found: {path} (looked in {os.getcwd()} and in the code "
+                      f"directory {CODE_DIR})")
 
 
 def resolve(overrides_yaml=None, overrides_cli=None, base=None):
@@ -289,7 +328,15 @@ def load_config(argv=None, parser=None):
         raise ConfigError(f"unexpected argument '{flag}' (options look like --key value)")
     given = vars(args)
     config_path = given.pop("config", None)
+    ignored = {k[len(PLATFORM_DEST):]: given.pop(k) for k in list(given) if k.startswith(PLATFORM_DEST)}
+    for key, value in ignored.items():
+        shown = f"--{key}={value}" if value else f"--{key}"
+        print(f"[ddpm_ms] ignoring platform flag {shown} ({PLATFORM_FLAGS[key]})", flush=True)
     extra = {k: given.pop(k) for k in list(given) if k not in DEFAULTS}
+    if config_path:
+        found = find_config_file(config_path)
+        print(f"[ddpm_ms] config file: {found}", flush=True)
+        config_path = found
     yaml_values = read_yaml(config_path) if config_path else {}
     cfg = resolve(yaml_values, given)
     if not cfg["run_name"]:
@@ -297,6 +344,7 @@ def load_config(argv=None, parser=None):
         cfg["run_name"] = stem
     cfg["_config_path"] = config_path or ""
     cfg["_extra"] = extra
+    cfg["_ignored_flags"] = ignored
     return cfg
 
 

@@ -91,3 +91,55 @@ def test_train_py_config_errors_are_one_line(args, expect):
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert lines == [lines[-1]] and lines[-1].startswith(expect), r.stderr
+
+
+# ------------------------------------------------------------------ launcher flags, config lookup
+def test_platform_flags_are_ignored_with_a_note(capsys):
+    cfg = load_config(["--num_gpus=1", "--init_method", "tcp://10.0.0.1:6000", "--ckpt_url", "obs://b/c.ckpt",
+                       "--multi_data_url", '[{"dataset_url": "obs://b/d"}]', "--launcher", "--batch_size", "3",
+                       "--data_url", "obs://b/data"])
+    assert cfg["batch_size"] == 3 and cfg["data_url"] == "obs://b/data"  # real keys still parse
+    assert set(cfg["_ignored_flags"]) == {"num_gpus", "init_method", "ckpt_url", "multi_data_url", "launcher"}
+    assert "num_gpus" not in cfg and "ckpt_url" not in cfg
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if "ignoring platform flag" in ln]
+    assert len(notes) == 5
+    assert "--num_gpus=1 (devices come from the launcher" in notes[0]
+    assert any("--ckpt_url=obs://b/c.ckpt (to resume from OBS use --checkpoint_url)" in n for n in notes)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--num_gpu", "1"], r"unknown option '--num_gpu'"),  # only the exact platform names are let through
+    (["--bach_size", "3", "--num_gpus", "1"], r"unknown option '--bach_size'.*'batch_size'"),
+    (["--data_urll", "x"], r"unknown option '--data_urll'.*'data_url'"),
+])
+def test_other_unknown_flags_still_fail_with_a_hint(args, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(args)
+
+
+def test_relative_config_found_beside_the_code(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # ModelArts starts the boot file from another directory
+    cfg = load_config(["--config", "configs/fashion_mnist_smoke.yaml"])
+    expected = str(ROOT / "configs" / "fashion_mnist_smoke.yaml")
+    assert cfg["_config_path"] == expected and cfg["run_name"] == "fashion_mnist_smoke"
+    assert f"[ddpm_ms] config file: {expected}" in capsys.readouterr().out
+    # a file of that name in the working directory wins
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "fashion_mnist_smoke.yaml").write_text("batch_size: 5\n")
+    cfg = load_config(["--config", "configs/fashion_mnist_smoke.yaml"])
+    assert cfg["batch_size"] == 5 and cfg["_config_path"] == str(tmp_path / "configs" / "fashion_mnist_smoke.yaml")
+    assert f"config file: {tmp_path / 'configs' / 'fashion_mnist_smoke.yaml'}" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"config file not found: configs/nope.yaml \(looked in .* and in the code"):
+        load_config(["--config", "configs/nope.yaml"])
+
+
+def test_train_py_with_modelarts_flags_from_another_directory(tmp_path):
+    """A ModelArts-style command line, started outside the repository: the platform flags are
+    ignored, the config is found beside the code, and the run gets as far as a config error."""
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", "configs/fashion_mnist_smoke.yaml",
+                        "--num_gpus=1", "--init_method=tcp://127.0.0.1:6000", "--batch_size", "many"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "ignoring platform flag --num_gpus=1" in r.stdout
+    assert f"config file: {ROOT / 'configs' / 'fashion_mnist_smoke.yaml'}" in r.stdout
+    assert r.stderr.strip().splitlines()[-1] == "error: config key 'batch_size' must be an integer, got 'many'"
