@@ -10,6 +10,7 @@ This module does not import MindSpore.
 import argparse
 import difflib
 import json
+import math
 import os
 
 # key: (default, type, help). Types: int, float, bool, str, "ints" (list of int),
@@ -253,7 +254,40 @@ def validate(cfg):
         raise ConfigError(f"config key 'ema_decay' must be in [0, 1), got {cfg['ema_decay']}")
     if cfg["max_steps"] == 0 and cfg["epochs"] == 0:
         raise ConfigError("set max_steps or epochs above 0: nothing would be trained")
+    check_network(cfg)
     return cfg
+
+
+def check_network(cfg):
+    """The U-Net settings that would fail only when the network is built, checked when the
+    config loads; each ConfigError suggests values that work."""
+    mults, dim, size = cfg["dim_mults"], cfg["dim"], cfg["image_size"]
+    if any(m < 1 for m in mults):
+        raise ConfigError(f"config key 'dim_mults' must hold integers >= 1, got {mults}")
+    if dim % 2 or dim < 4:
+        raise ConfigError(f"config key 'dim' must be even and at least 4 (the time embedding is "
+                          f"sin/cos pairs), got {dim}: use --dim {max(4, dim + dim % 2)}")
+    if not cfg["dropout"] < 1:
+        raise ConfigError(f"config key 'dropout' must be in [0, 1), got {cfg['dropout']}")
+    n_down = len(mults) - 1
+    step = 2 ** n_down
+    if size % step:
+        sizes = [s for s in (size // step * step, size // step * step + step) if s > 0]
+        stages = max(k for k in range(1, len(mults) + 1) if size % 2 ** (k - 1) == 0)
+        fewer = ",".join(str(m) for m in mults[:stages])
+        raise ConfigError(f"image_size {size} cannot be halved {n_down} times for dim_mults {mults} "
+                          f"({len(mults)} stages): use --image_size {' or '.join(map(str, sizes))} "
+                          f"(a multiple of {step}), or fewer stages: --dim_mults {fewer}")
+    groups = cfg["resnet_block_groups"]
+    widths = sorted({dim} | {dim * m for m in mults})
+    if not cfg["use_convnext"] and any(w % groups for w in widths):
+        common = math.gcd(*widths)
+        fits = [g for g in range(groups, 0, -1) if common % g == 0][:2]
+        good_dim = -(-dim // groups) * groups
+        good_dim += good_dim % 2
+        raise ConfigError(f"ResNet blocks (use_convnext false) need every width {widths} divisible by "
+                          f"resnet_block_groups={groups}: use --resnet_block_groups "
+                          f"{' or '.join(map(str, fits))}, or --dim {good_dim}")
 
 
 def read_yaml(path):
@@ -275,8 +309,13 @@ def read_yaml(path):
 
 def build_parser(extra_defaults=None, description=None):
     """argparse parser with --config and one --key per setting (all default to 'unset')."""
+    # A description with line breaks (a script's docstring: example commands, one per line)
+    # is shown as written; a one-line description is wrapped.
+    raw = bool(description) and "\n" in description.strip()
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                     argument_default=argparse.SUPPRESS)
+                                     argument_default=argparse.SUPPRESS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter if raw
+                                     else argparse.HelpFormatter)
     parser.add_argument("--config", help="YAML file overriding the defaults")
     for key, (default, kind, help_text) in DEFAULTS.items():
         shown = json.dumps(default) if not isinstance(default, str) else default

@@ -47,3 +47,43 @@ def test_missing_device_is_one_line(target, hint, tmp_path):
     assert f"device_target {target} is not available" in line and "offer CPU" in line, line
     assert hint in line and "--device_target CPU" in line, line
     assert not (tmp_path / "runs").exists()  # nothing written before the device was accepted
+
+
+# ----------------------------------------------------------------------------- network settings
+
+@pytest.mark.parametrize("args, expect", [
+    (["--image_size", "30"], ["image_size 30 cannot be halved 2 times", "--image_size 28 or 32",
+                              "--dim_mults 1,2"]),
+    (["--use_convnext", "false"], ["every width [28, 56, 112] divisible by resnet_block_groups=8",
+                                   "--resnet_block_groups 7 or 4", "--dim 32"]),
+    (["--dim", "7"], ["'dim' must be even", "--dim 8"]),
+])
+def test_network_settings_fail_when_the_config_loads(args, expect, tmp_path):
+    r = run_cli("train.py", "--config", "configs/fashion_mnist.yaml", "--device_target", "CPU",
+                "--output_dir", str(tmp_path / "runs"), *args)
+    line = one_error_line(r)
+    for phrase in expect:
+        assert phrase in line, line
+    assert "[ddpm_ms] device" not in r.stdout  # rejected before MindSpore was set up
+    assert not (tmp_path / "runs").exists()
+
+
+def test_suggested_network_values_work():
+    from ddpm_ms.config import ConfigError, resolve
+    from ddpm_ms.unet import build_unet
+    with pytest.raises(ConfigError):
+        resolve(base=dict(image_size=30))
+    for fix in (dict(image_size=28), dict(image_size=32), dict(image_size=30, dim_mults=[1, 2]),
+                dict(use_convnext=False, resnet_block_groups=7), dict(use_convnext=False, resnet_block_groups=4),
+                dict(use_convnext=False, dim=32)):
+        cfg = resolve(base=dict(fix, attn_heads=1, attn_head_dim=4))
+        build_unet(cfg)  # builds without ValueError
+
+
+def test_train_help_keeps_the_example_lines():
+    r = run_cli("train.py", "--help")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    examples = [ln.strip() for ln in lines if ln.strip().startswith(("python train.py", "bash scripts/"))]
+    assert len(examples) == 4, r.stdout[:3000]  # each example on a line of its own
+    assert "python train.py --config configs/fashion_mnist.yaml --resume auto" in examples
