@@ -7,7 +7,9 @@ order MindSpore wants: device set (``prepare``), data-parallel context, ``init()
 
 msrun also runs the script once as its *scheduler* (``MS_ROLE=MS_SCHED``): that process
 must reach ``init()`` before doing anything else, since ``init()`` is where it serves the
-cluster and exits. So ``setup`` is the first thing train.py does after parsing the config.
+cluster and exits. So ``setup`` is the first thing train.py does after parsing the config,
+except on ModelArts, where every worker first stages its data (the scheduler skips that,
+:func:`is_scheduler`) so that no rank waits in a collective while a node is still copying.
 
 What each rank does differently is decided elsewhere from ``rank`` / ``world``:
 the data set is sharded (rank r reads rows r::world), t and noise are rank r's rows of one
@@ -42,6 +44,32 @@ def launched(environ=None):
     """True when a launcher (msrun, a rank table, ModelArts) started this process as a worker."""
     env = os.environ if environ is None else environ
     return any(env.get(v) for v in LAUNCHER_VARS) or launched_world_size(env) > 1
+
+
+def is_scheduler(environ=None):
+    """True in msrun's scheduler process (it only serves the cluster inside ``init()``)."""
+    env = os.environ if environ is None else environ
+    return env.get("MS_ROLE") == "MS_SCHED"
+
+
+def pre_init_ranks(environ=None):
+    """(rank, local_rank) from the launcher's environment, for work that must happen before
+    ``init()`` (ModelArts data staging). rank: RANK_ID, else 0 (msrun without --node_rank
+    assigns ranks only in ``init()``; callers use the real rank afterwards). local_rank:
+    DEVICE_ID (msrun sets it to the worker's index on its node; a rank table / ModelArts to
+    the device), else ASCEND_DEVICE_ID, else 0, modulo min(world, 8) as in the model zoo's
+    ModelArts adapter, so the first process of every 8-device node is local rank 0."""
+    env = os.environ if environ is None else environ
+
+    def number(*names):
+        for name in names:
+            try:
+                return int(env.get(name, "") or "x")
+            except ValueError:
+                continue
+        return 0
+    per_node = max(1, min(launched_world_size(env), 8))
+    return number("RANK_ID"), number("DEVICE_ID", "ASCEND_DEVICE_ID") % per_node
 
 
 def wanted(cfg, environ=None):

@@ -4,8 +4,11 @@ A ModelArts job passes ``--data_url`` / ``--train_url`` (OBS paths) and the cont
 the ``moxing`` package. Before training, one process per node (local rank 0) copies
 ``data_url`` to ``<cache>/data`` and ``checkpoint_url`` to ``<cache>/checkpoint`` with
 ``moxing.file.copy_parallel`` while the node's other processes wait for a marker file; the
-run then reads and writes local disk only. Rank 0 copies its run folder (checkpoints,
-samples, metrics, config) to ``train_url`` after every checkpoint and once more at exit.
+run then reads and writes local disk only. This staging runs before
+``mindspore.communication.init()`` (see ``train_job.run``), as the model zoo's ModelArts adapter
+does, so no rank waits in a collective while its node copies data. Rank 0 copies its run folder
+(checkpoints, samples, metrics, config) to ``train_url`` after every checkpoint on a background
+thread (a hard-linked snapshot of the folder), and once more, synchronously, at exit.
 
 Off ModelArts (no ``moxing``), the URLs are local paths and the copies use shutil, which is
 how the tests run this. ``<cache>`` is ``/cache`` (the ModelArts local SSD), or the
@@ -16,6 +19,7 @@ any of the URLs is given.
 """
 import os
 import shutil
+import threading
 import time
 
 CACHE_ENV = "DDPM_MS_MODELARTS_CACHE"
@@ -108,6 +112,12 @@ class Stage:
         self.data_url, self.train_url = cfg["data_url"], cfg["train_url"]
         self.checkpoint_url = cfg["checkpoint_url"]
         self.uploads = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending = None    # newest snapshot waiting for the upload thread
+        self._thread = None
+        self._closing = False
+        self._snapshots = 0
 
     @classmethod
     def from_config(cls, cfg, rank=0, local_rank=0, log=print):
@@ -150,8 +160,85 @@ class Stage:
         return cfg
 
     def upload(self, _path=None):
-        """Copy the run folder to train_url (rank 0; a no-op without train_url)."""
+        """Copy the run folder to train_url now (rank 0; a no-op without train_url); used at exit.
+
+        Waits for a background upload still running (so an older snapshot cannot land on OBS
+        after this one) and drops one not yet started.
+        """
+        self.close()
         if self.rank != 0 or not self.train_url or not os.path.isdir(self.run_dir):
             return
         copy(self.run_dir, self.train_url)
         self.uploads += 1
+
+    def upload_async(self, _path=None):
+        """After a checkpoint (rank 0): snapshot the run folder with hard links and copy the
+        snapshot to train_url on a background thread, so training goes on at once and the other
+        ranks do not wait in their next collective (HCCL_EXEC_TIMEOUT) while OBS is slow.
+
+        Files written later (the next checkpoint, its ``.tmp`` file) are not in the snapshot, and
+        a rotated checkpoint stays readable through its link. A snapshot not yet started is
+        replaced by a newer one. A failed copy is logged and retried with the next snapshot.
+        """
+        if self.rank != 0 or not self.train_url or not os.path.isdir(self.run_dir):
+            return
+        snap = self._snapshot()
+        with self._lock:
+            dropped, self._pending = self._pending, snap
+            if self._thread is None:
+                self._closing = False
+                self._thread = threading.Thread(target=self._upload_loop, name="ddpm_ms-upload", daemon=True)
+                self._thread.start()
+        if dropped:
+            shutil.rmtree(dropped, ignore_errors=True)
+        self._wake.set()
+
+    def close(self):
+        """Stop the upload thread after its current copy (a pending snapshot is dropped)."""
+        with self._lock:
+            thread, dropped, self._pending = self._thread, self._pending, None
+            self._closing = True
+        if dropped:
+            shutil.rmtree(dropped, ignore_errors=True)
+        if thread is not None:
+            self._wake.set()
+            thread.join()
+            self._thread = None
+
+    def _snapshot(self):
+        self._snapshots += 1
+        snap = os.path.join(self.cache, "upload", f"snapshot_{os.getpid()}_{self._snapshots:06d}")
+        for root, _dirs, files in os.walk(self.run_dir):
+            for name in files:
+                if ".tmp" in name:  # a file being written (atomic writes rename it when done)
+                    continue
+                src = os.path.join(root, name)
+                dst = os.path.join(snap, os.path.relpath(src, self.run_dir))
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                try:
+                    os.link(src, dst)
+                except FileNotFoundError:  # removed meanwhile (checkpoint rotation)
+                    continue
+                except OSError:  # no hard links across file systems: copy
+                    shutil.copy2(src, dst)
+        os.makedirs(snap, exist_ok=True)
+        return snap
+
+    def _upload_loop(self):
+        while True:
+            self._wake.wait()
+            with self._lock:
+                self._wake.clear()
+                snap, self._pending = self._pending, None
+                closing = self._closing
+            if snap is not None:
+                try:
+                    copy(snap, self.train_url)
+                    self.uploads += 1
+                except Exception as err:  # noqa: BLE001 - keep training; the next upload retries
+                    self.log(f"[ddpm_ms] upload to {self.train_url} failed ({type(err).__name__}: {err}); "
+                             "retried after the next checkpoint and at exit")
+                finally:
+                    shutil.rmtree(snap, ignore_errors=True)
+            if closing:
+                return

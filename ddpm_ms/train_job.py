@@ -76,23 +76,30 @@ def train_from_config(cfg, info, rank=0, world=1, grad_reducer_factory=None, com
 
 
 def run(cfg, info, log=print):
-    """What train.py does: data parallel init, ModelArts copy-in, train, ModelArts copy-out.
+    """What train.py does: ModelArts copy-in, data parallel init, train, ModelArts copy-out.
 
     Under msrun every worker (and msrun's scheduler, which stops inside ``init``) runs this.
-    Outputs are uploaded after every checkpoint and once more at exit, also after a SIGTERM
-    (the trainer saves and leaves its loop) or an error.
+    The data is staged *before* ``init()``: on several nodes, a node still copying would
+    otherwise keep the others blocked in their first collective. msrun's scheduler stages
+    nothing. Outputs are uploaded after every checkpoint (background thread) and once more
+    at exit, also after a SIGTERM (the trainer saves and leaves its loop) or an error.
     """
     from . import distributed, modelarts
     use_data_sink(cfg, info["device_target"])  # a bad data_sink setting fails before any work
+    distributed.wanted(cfg)  # so does distribute: true without a launcher
+    stage = None
+    if not distributed.is_scheduler():
+        env_rank, env_local_rank = distributed.pre_init_ranks()
+        stage = modelarts.Stage.from_config(cfg, rank=env_rank, local_rank=env_local_rank, log=log)
+        if stage is not None:
+            stage.stage_in()  # rewrites data_dir / output_dir / resume to the local copies
     comm = distributed.setup(cfg, log=log)
     rank = comm.rank if comm is not None else 0
-    local_rank = comm.local_rank if comm is not None else 0
-    stage = modelarts.Stage.from_config(cfg, rank=rank, local_rank=local_rank, log=log)
     hooks = []
     if stage is not None:
-        stage.stage_in()  # rewrites data_dir / output_dir / resume to the local copies
+        stage.rank = rank  # the real rank: only rank 0 uploads
         if rank == 0:
-            hooks.append(stage.upload)
+            hooks.append(stage.upload_async)
     try:
         return train_from_config(cfg, info, comm=comm, save_hooks=hooks)
     finally:

@@ -34,6 +34,11 @@ def exists(url):
     return os.path.exists(url)
 
 def copy_parallel(src_url, dst_url):
+    import threading, time
+    if os.environ.get("FAKE_MOXING_THREADS"):
+        with open(os.environ["FAKE_MOXING_THREADS"], "a") as f:
+            f.write(threading.current_thread().name + "\\n")
+    time.sleep(float(os.environ.get("FAKE_MOXING_DELAY", "0")))  # a slow OBS
     _record("copy_parallel", src_url, dst_url)
     shutil.copytree(src_url, dst_url, dirs_exist_ok=True)
 
@@ -127,8 +132,13 @@ def test_train_copies_in_trains_and_copies_out(fake_moxing, obs, monkeypatch):
     calls = fake_moxing()
     run_dir = str(obs["cache"] / "output" / "run")
     assert calls[0] == ["copy_parallel", str(obs["data"]), str(obs["cache"] / "data")]
-    uploads = [c for c in calls if c == ["copy_parallel", run_dir, str(obs["out"])]]
-    assert len(uploads) == 3 and len(calls) == 4  # after the saves at steps 2 and 4, and at exit
+    # after the saves at steps 2 and 4 (snapshots, background thread; the second may replace the
+    # first if it had not started), then the run folder itself at exit, last
+    snapshots = [c for c in calls[1:-1] if c[0] == "copy_parallel" and c[2] == str(obs["out"])
+                 and c[1].startswith(str(obs["cache"] / "upload" / "snapshot_"))]
+    assert 1 <= len(snapshots) == len(calls) - 2, calls
+    assert calls[-1] == ["copy_parallel", run_dir, str(obs["out"])]
+    assert not os.listdir(obs["cache"] / "upload")  # snapshots removed once copied
     assert cfg["data_dir"] == str(obs["cache"] / "data")
     for name in ("latest.ckpt", "step_00000002.ckpt", "step_00000004.ckpt", "metrics.jsonl", "config.yaml",
                  "samples.png", "loss.png"):
@@ -161,6 +171,118 @@ def test_without_moxing_urls_are_local_paths(obs, monkeypatch, tmp_path):
     Path(stage.run_dir, "a.txt").write_text("x")
     stage.upload()
     assert (obs["out"] / "a.txt").read_text() == "x"
+
+
+def test_staging_happens_before_init(monkeypatch, obs):
+    """train_job.run: data copied in, then mindspore.communication.init() (mocked), then training;
+    the real rank from init decides who uploads; msrun's scheduler copies nothing."""
+    from ddpm_ms import distributed, train_job
+    order = []
+    monkeypatch.setenv(modelarts.CACHE_ENV, str(obs["cache"]))
+    for var in ("MS_ROLE", "MS_WORKER_NUM", "RANK_SIZE", "RANK_TABLE_FILE", "RANK_ID", "DEVICE_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(modelarts.Stage, "stage_in", lambda self: order.append(("stage_in", self.local_rank)))
+    comm = type("FakeComm", (), {"rank": 1, "world": 2, "local_rank": 1})()
+    monkeypatch.setattr(distributed, "setup", lambda cfg, log=print: (order.append(("init",)), comm)[1])
+    monkeypatch.setattr(modelarts.Stage, "upload", lambda self, _p=None: order.append(("upload", self.rank)))
+
+    def fake_train(cfg, info, comm=None, save_hooks=()):
+        order.append(("train", len(save_hooks)))
+    monkeypatch.setattr(train_job, "train_from_config", fake_train)
+    cfg = resolve(base={"enable_modelarts": True, "data_url": str(obs["data"]), "train_url": str(obs["out"])})
+    monkeypatch.setenv("DEVICE_ID", "3")
+    monkeypatch.setenv("RANK_SIZE", "8")
+    train_job.run(cfg, {"device_target": "CPU"}, log=lambda *_: None)
+    assert order == [("stage_in", 3), ("init",), ("train", 0)]  # rank 1: no upload hook, no exit upload
+
+    order.clear()
+    comm.rank = 0
+    train_job.run(cfg, {"device_target": "CPU"}, log=lambda *_: None)
+    assert order == [("stage_in", 3), ("init",), ("train", 1), ("upload", 0)]
+
+    order.clear()
+    monkeypatch.setenv("MS_ROLE", "MS_SCHED")
+    train_job.run(cfg, {"device_target": "CPU"}, log=lambda *_: None)
+    assert order[0] == ("init",) and not any(o[0] == "stage_in" for o in order)
+
+
+def test_pre_init_ranks_from_the_launcher_environment():
+    from ddpm_ms.distributed import is_scheduler, pre_init_ranks
+    assert pre_init_ranks({}) == (0, 0)
+    assert pre_init_ranks({"DEVICE_ID": "5", "RANK_ID": "13", "RANK_SIZE": "16"}) == (13, 5)  # node 1, device 5
+    assert pre_init_ranks({"DEVICE_ID": "6", "RANK_SIZE": "4"}) == (0, 2)   # devices 4-7 of a 4-device job
+    assert pre_init_ranks({"DEVICE_ID": "1", "MS_WORKER_NUM": "2", "MS_ROLE": "MS_WORKER"}) == (0, 1)  # msrun
+    assert pre_init_ranks({"ASCEND_DEVICE_ID": "2", "RANK_SIZE": "8"}) == (0, 2)
+    assert pre_init_ranks({"DEVICE_ID": "3"}) == (0, 0)  # a single process copies for itself
+    assert is_scheduler({"MS_ROLE": "MS_SCHED"}) and not is_scheduler({"MS_ROLE": "MS_WORKER"})
+
+
+def test_background_upload_does_not_block_and_exit_upload_comes_last(fake_moxing, obs, monkeypatch, tmp_path):
+    """A slow OBS (1 s per copy): upload_async returns at once and copies on the 'ddpm_ms-upload'
+    thread; a snapshot waiting behind a running copy is replaced by the newer one; the snapshot
+    skips .tmp files and keeps a checkpoint that rotation deletes; upload() at exit waits for the
+    running copy, then copies the run folder last."""
+    monkeypatch.setenv("FAKE_MOXING_DELAY", "1.0")
+    threads = tmp_path / "threads.txt"
+    monkeypatch.setenv("FAKE_MOXING_THREADS", str(threads))
+    monkeypatch.setenv(modelarts.CACHE_ENV, str(obs["cache"]))
+    cfg = resolve(base={"enable_modelarts": True, "train_url": str(obs["out"]), "run_name": "r"})
+    stage = modelarts.Stage.from_config(cfg, log=lambda *_: None)
+    stage.stage_in()
+    run_dir = Path(stage.run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "step_1.ckpt").write_text("one")
+    (run_dir / "step_2.ckpt.tmp99.ckpt").write_text("half-written")
+    def copies_started(n):
+        deadline = time.time() + 20
+        while (len(threads.read_text().split()) if threads.exists() else 0) < n:
+            assert time.time() < deadline
+            time.sleep(0.02)
+
+    def timed_upload_async():
+        t = time.time()
+        stage.upload_async()
+        return time.time() - t
+
+    waits = [timed_upload_async()]
+    copies_started(1)
+    (run_dir / "step_1.ckpt").unlink()  # rotated away right after the snapshot
+    (run_dir / "step_3.ckpt").write_text("three")
+    waits.append(timed_upload_async())   # waits behind the running copy ...
+    (run_dir / "step_4.ckpt").write_text("four")
+    waits.append(timed_upload_async())   # ... and is replaced by this one
+    assert max(waits) < 0.5, waits       # training is not held up by the 1 s copies
+    copies_started(2)  # snapshot 1 is on "OBS" now
+    assert (obs["out"] / "step_1.ckpt").read_text() == "one"  # uploaded although rotated locally
+    assert not (obs["out"] / "step_2.ckpt.tmp99.ckpt").exists()  # a file being written is not
+    (run_dir / "step_2.ckpt.tmp99.ckpt").rename(run_dir / "step_2.ckpt")
+    t0 = time.time()
+    stage.upload()
+    assert time.time() - t0 >= 1.5  # the exit upload waited for the running copy, then made its own
+    calls = fake_moxing()
+    assert [c[1].rsplit("_", 1)[-1] for c in calls[:2]] == ["000001", "000003"], calls  # snapshot 2 dropped
+    assert calls[-1][1] == str(run_dir) and len(calls) == 3
+    assert threads.read_text().split() == ["ddpm_ms-upload", "ddpm_ms-upload", "MainThread"]
+    assert (obs["out"] / "step_4.ckpt").read_text() == "four"
+    assert stage.uploads == 3 and not os.listdir(obs["cache"] / "upload")
+
+
+def test_failed_background_upload_is_logged_and_training_goes_on(obs, monkeypatch):
+    monkeypatch.setenv(modelarts.CACHE_ENV, str(obs["cache"]))
+    cfg = resolve(base={"enable_modelarts": True, "train_url": str(obs["out"]), "run_name": "r"})
+    lines = []
+    stage = modelarts.Stage.from_config(cfg, log=lines.append)
+    stage.stage_in()
+    os.makedirs(stage.run_dir)
+    Path(stage.run_dir, "a.ckpt").write_text("x")
+    monkeypatch.setattr(modelarts, "copy", lambda src, dst: (_ for _ in ()).throw(OSError("OBS down")))
+    stage.upload_async()
+    deadline = time.time() + 10
+    while not lines and time.time() < deadline:  # the upload thread fails in the background
+        time.sleep(0.05)
+    stage.close()
+    assert len(lines) == 1 and "upload to" in lines[0] and "OBS down" in lines[0] and "retried" in lines[0]
+    assert stage.uploads == 0 and not os.listdir(obs["cache"] / "upload")
 
 
 # ------------------------------------------------------------------ SIGTERM (slow: a real train.py process)
