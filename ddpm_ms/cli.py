@@ -46,7 +46,9 @@ def prepare(argv=None, description=None, parser=None, verbose=True):
     quiet_mindspore()
     if cfg["device_target"] in ("CPU", "auto"):
         from .cpu_env import apply_cpu_env
-        apply_cpu_env(verbose=verbose)
+        from .device import resolve_conv_impl
+        # the U-Net is the only network of a train job: with matmul convs, oneDNN may go uncapped
+        apply_cpu_env(verbose=verbose, matmul_convs=resolve_conv_impl(cfg["conv_impl"], "CPU") == "matmul")
     from .device import setup_device
     info = setup_device(cfg["device_target"], cfg["mode"], cfg["device_id"], seed=cfg["seed"],
                         verbose=verbose)

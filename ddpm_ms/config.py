@@ -47,6 +47,8 @@ DEFAULTS = {
     "attn_heads": (4, int, "attention heads"),
     "attn_head_dim": (32, int, "attention head width"),
     "dropout": (0.0, float, "dropout in the blocks"),
+    "conv_impl": ("auto", str, "auto | native | matmul convolutions; auto = matmul on CPU (faster there, "
+                               "and lets oneDNN use AVX-512), native on Ascend/GPU"),
     # diffusion
     "timesteps": (1000, int, "number of diffusion steps T"),
     "beta_schedule": ("linear", str, "linear | cosine | quadratic | sigmoid"),
@@ -111,6 +113,7 @@ CHOICES = {
     "amp_level": ("O0", "O1", "O2", "O3", "auto"),
     "sampler": ("ddpm", "ddim", "naive"),
     "spacing": ("leading", "trailing", "linspace"),
+    "conv_impl": ("auto", "native", "matmul"),
     "data_sink": ("auto", "on", "off"),
 }
 

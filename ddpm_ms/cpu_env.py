@@ -114,8 +114,13 @@ def _threads_from_env(value):
     return n
 
 
-def apply_cpu_env(verbose=True, cpuinfo_path="/proc/cpuinfo"):
+def apply_cpu_env(verbose=True, cpuinfo_path="/proc/cpuinfo", matmul_convs=False):
     """Set the oneDNN ISA cap and thread counts in os.environ unless the user set them.
+
+    matmul_convs: True when every convolution this process runs is computed as matmuls
+    (``conv_impl`` matmul, ``ddpm_ms.convs``). Then no conv reaches oneDNN's conv kernels,
+    and the cap is left off so that the matmuls use AVX-512 (1.3-1.5x faster, BENCHMARKS.md).
+    With any native conv in the process, AVX-512 CPUs get the AVX2 cap.
 
     Must run before MindSpore is imported (oneDNN reads its ISA cap once, at load).
     Returns a dict of what was chosen and why; calling it again returns the first result
@@ -126,6 +131,9 @@ def apply_cpu_env(verbose=True, cpuinfo_path="/proc/cpuinfo"):
     chosen = {}
     if ISA_VAR in os.environ:
         chosen["onednn_isa"] = f"{os.environ[ISA_VAR]} (set by user)"
+    elif matmul_convs:
+        chosen["onednn_isa"] = ("default, no cap (every conv runs as matmuls, conv_impl matmul: "
+                                "AVX-512 matmuls, no oneDNN conv kernel)")
     elif cpu_has_avx512(cpuinfo_path):
         os.environ[ISA_VAR] = "AVX2"
         chosen["onednn_isa"] = "AVX2 (CPU has AVX-512; oneDNN's AVX-512 path uses a slow reference conv)"

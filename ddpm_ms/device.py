@@ -29,6 +29,21 @@ HOW_TO_GET = {
 }
 
 
+# How convolutions are computed (ddpm_ms.convs): 'auto' = matmul on CPU, where MindSpore's own
+# conv kernels are the bottleneck (BENCHMARKS.md), native on Ascend and GPU, whose vendor conv
+# kernels are the fast path.
+CONV_IMPLS = ("auto", "native", "matmul")
+
+
+def resolve_conv_impl(conv_impl, device_target):
+    """'auto' -> 'matmul' on CPU, 'native' on Ascend / GPU; 'native' / 'matmul' pass through."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+    if conv_impl == "auto":
+        return "matmul" if str(device_target).upper() == "CPU" else "native"
+    return conv_impl
+
+
 class DeviceError(ConfigError):
     """The requested device is not available here; the message is one line."""
 

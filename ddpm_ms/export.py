@@ -45,7 +45,8 @@ def load_exported(path):
 def export_checkpoint(ckpt_path, out, weights="ema", batch_size=1):
     """Checkpoint -> MindIR file; returns (path, network, config)."""
     from .sample_job import load_network
-    net, cfg, _meta = load_network(ckpt_path, weights=weights)
+    # native convs: a MindIR is for inference on Ascend / GPU, whose conv kernels are the fast path
+    net, cfg, _meta = load_network(ckpt_path, weights=weights, conv_impl="native")
     return export_network(net, cfg, out, batch_size), net, cfg
 
 

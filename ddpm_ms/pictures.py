@@ -254,7 +254,7 @@ def reverse_main(argv):
     from .samplers import make_sampler
     from .sampling import sample
     from .trainer import build_schedule
-    net, cfg, _ = load_network(args.ckpt, args.weights)
+    net, cfg, _ = load_network(args.ckpt, args.weights, args.conv_impl)
     opts = sampling_options(cfg, args.sampler, args.steps, args.eta, args.spacing, args.clip_x0)
     schedule = build_schedule(cfg)
     plan = make_sampler(schedule=schedule, name=opts["sampler"], num_steps=opts["num_steps"], eta=opts["eta"],
@@ -307,7 +307,7 @@ def interpolate_main(argv):
     jit = setup_runtime(args, seed=args.seed_a)
     from .sampling import initial_noise, sample, slerp
     from .trainer import build_schedule
-    net, cfg, _ = load_network(args.ckpt, args.weights)
+    net, cfg, _ = load_network(args.ckpt, args.weights, args.conv_impl)
     opts = sampling_options(cfg, "ddim", args.steps, 0.0, args.spacing, args.clip_x0)
     shape = image_shape(cfg)
     weights = np.linspace(0.0, 1.0, args.num)

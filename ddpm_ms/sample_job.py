@@ -28,6 +28,10 @@ def add_runtime_args(p):
     p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"), default="auto")
     p.add_argument("--mode", choices=("graph", "pynative"), default="graph", help=MODES_HELP)
     p.add_argument("--device_id", type=int, default=-1)
+    from .device import CONV_IMPLS
+    p.add_argument("--conv_impl", choices=CONV_IMPLS, default="auto",
+                   help="how convolutions run: auto = matmul on CPU (faster there), native on Ascend/GPU; "
+                        "any choice loads any checkpoint")
 
 
 def add_checkpoint_args(p):
@@ -91,21 +95,26 @@ def setup_runtime(args, seed=0, verbose=True):
     from .cpu_env import apply_cpu_env
     quiet_mindspore()
     if args.device_target in ("CPU", "auto"):
-        apply_cpu_env(verbose=verbose)
+        from .device import resolve_conv_impl
+        conv_impl = getattr(args, "conv_impl", "auto")
+        apply_cpu_env(verbose=verbose, matmul_convs=resolve_conv_impl(conv_impl, "CPU") == "matmul")
     from .device import setup_device
     setup_device(args.device_target, args.mode, args.device_id, seed=seed, verbose=verbose)
     return args.mode == "graph"
 
 
-def load_network(ckpt_path, weights="ema"):
-    """(network, config dict, meta) from a checkpoint; CheckpointError with one line on a bad file."""
+def load_network(ckpt_path, weights="ema", conv_impl="auto"):
+    """(network, config dict, meta) from a checkpoint; CheckpointError with one line on a bad file.
+
+    conv_impl ('auto' | 'native' | 'matmul', see ``device.resolve_conv_impl``) is how this
+    process computes convolutions, whatever the training run used: both give the same weights."""
     from . import checkpoint as ckpt
     from .config import config_from_dict
     from .unet import build_unet
     tensors, meta = ckpt.load(ckpt_path)
     cfg = config_from_dict(meta["config"])
     try:
-        net = build_unet(cfg)
+        net = build_unet(cfg, conv_impl=conv_impl)
     except ValueError as err:
         raise ckpt.CheckpointError(f"{ckpt_path}: its config does not build a U-Net ({err})") from None
     prefix = ckpt.EMA_PREFIX if weights == "ema" else ""
@@ -246,7 +255,7 @@ def sample_from_args(args):
     from .sampling import sample
     from .trainer import build_schedule
 
-    net, cfg, meta = load_network(args.ckpt, args.weights)
+    net, cfg, meta = load_network(args.ckpt, args.weights, args.conv_impl)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples")
     if args.invert:
         return run_inversion(args, net, cfg, jit, out)

@@ -23,6 +23,9 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, Uniform
 
+from .convs import MatmulConv2d, MatmulConvTranspose2d
+from .device import resolve_conv_impl
+
 UNET_KEYS = ("dim", "init_dim", "out_dim", "dim_mults", "channels", "use_convnext", "convnext_mult",
              "resnet_block_groups", "attn_heads", "attn_head_dim", "dropout", "image_size")
 
@@ -32,20 +35,25 @@ def _bias_init(fan_in):
     return Uniform(1.0 / math.sqrt(fan_in)) if fan_in > 0 else "zeros"
 
 
-def conv2d(c_in, c_out, kernel, stride=1, padding=0, group=1, has_bias=True):
-    """nn.Conv2d with PyTorch's padding, bias and default initialisation."""
+def conv2d(c_in, c_out, kernel, stride=1, padding=0, group=1, has_bias=True, impl="native"):
+    """nn.Conv2d with PyTorch's padding, bias and default initialisation.
+
+    impl: 'native' (MindSpore's conv kernel) or 'matmul' (``convs.MatmulConv2d``: same
+    parameters, unfold + matmul; the fast path on CPU)."""
     fan_in = (c_in // group) * kernel * kernel
-    return nn.Conv2d(c_in, c_out, kernel, stride=stride, pad_mode="pad", padding=padding, group=group,
+    cls = MatmulConv2d if impl == "matmul" else nn.Conv2d
+    return cls(c_in, c_out, kernel, stride=stride, pad_mode="pad", padding=padding, group=group,
                      has_bias=has_bias, weight_init=HeUniform(math.sqrt(5)),
                      bias_init=_bias_init(fan_in) if has_bias else None)
 
 
-def conv_transpose2d(c_in, c_out, kernel, stride, padding):
+def conv_transpose2d(c_in, c_out, kernel, stride, padding, impl="native"):
     """nn.Conv2dTranspose like torch's ConvTranspose2d; H_out = (H-1)*stride - 2*padding + kernel.
 
-    The weight is [c_in, c_out, k, k], so fan_in is c_out*k*k, as in PyTorch.
+    The weight is [c_in, c_out, k, k], so fan_in is c_out*k*k, as in PyTorch. impl as in conv2d.
     """
-    return nn.Conv2dTranspose(c_in, c_out, kernel, stride=stride, pad_mode="pad", padding=padding,
+    cls = MatmulConvTranspose2d if impl == "matmul" else nn.Conv2dTranspose
+    return cls(c_in, c_out, kernel, stride=stride, pad_mode="pad", padding=padding,
                               has_bias=True, weight_init=HeUniform(math.sqrt(5)),
                               bias_init=_bias_init(c_out * kernel * kernel))
 
@@ -111,17 +119,17 @@ class ConvNextBlock(nn.Cell):
     out = conv3x3(GN(GELU(conv3x3(GN(h))))) + res_conv(x), the inner width c_out * mult.
     """
 
-    def __init__(self, c_in, c_out, time_dim=None, mult=2, norm=True, dropout=0.0):
+    def __init__(self, c_in, c_out, time_dim=None, mult=2, norm=True, dropout=0.0, conv_impl="native"):
         super().__init__()
         self.mlp = nn.SequentialCell([gelu(), dense(time_dim, c_in)]) if time_dim else None
-        self.ds_conv = conv2d(c_in, c_in, 7, padding=3, group=c_in)
+        self.ds_conv = conv2d(c_in, c_in, 7, padding=3, group=c_in, impl=conv_impl)
         layers = [GroupNorm32(1, c_in)] if norm else []
-        layers += [conv2d(c_in, c_out * mult, 3, padding=1), gelu()]
+        layers += [conv2d(c_in, c_out * mult, 3, padding=1, impl=conv_impl), gelu()]
         if dropout > 0:
             layers.append(nn.Dropout(p=dropout))
-        layers += [GroupNorm32(1, c_out * mult), conv2d(c_out * mult, c_out, 3, padding=1)]
+        layers += [GroupNorm32(1, c_out * mult), conv2d(c_out * mult, c_out, 3, padding=1, impl=conv_impl)]
         self.net = nn.SequentialCell(layers)
-        self.res_conv = conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.res_conv = conv2d(c_in, c_out, 1, impl=conv_impl) if c_in != c_out else nn.Identity()
 
     def construct(self, x, t_emb=None):
         h = self.ds_conv(x)
@@ -133,10 +141,10 @@ class ConvNextBlock(nn.Cell):
 class ConvNormAct(nn.Cell):
     """conv3x3 -> GroupNorm -> optional x*(scale+1)+shift -> SiLU; [B, c_in, H, W] -> [B, c_out, H, W]."""
 
-    def __init__(self, c_in, c_out, groups=8, dropout=0.0):
+    def __init__(self, c_in, c_out, groups=8, dropout=0.0, conv_impl="native"):
         super().__init__()
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
-        self.proj = conv2d(c_in, c_out, 3, padding=1)
+        self.proj = conv2d(c_in, c_out, 3, padding=1, impl=conv_impl)
         self.norm = GroupNorm32(groups, c_out)
         self.act = nn.SiLU()
 
@@ -154,13 +162,13 @@ class ResnetBlock(nn.Cell):
     Dropout (if any) sits before the second convolution, as in improved-diffusion.
     """
 
-    def __init__(self, c_in, c_out, time_dim=None, groups=8, dropout=0.0):
+    def __init__(self, c_in, c_out, time_dim=None, groups=8, dropout=0.0, conv_impl="native"):
         super().__init__()
         self.c_out = c_out
         self.mlp = nn.SequentialCell([nn.SiLU(), dense(time_dim, 2 * c_out)]) if time_dim else None
-        self.block1 = ConvNormAct(c_in, c_out, groups)
-        self.block2 = ConvNormAct(c_out, c_out, groups, dropout)
-        self.res_conv = conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.block1 = ConvNormAct(c_in, c_out, groups, conv_impl=conv_impl)
+        self.block2 = ConvNormAct(c_out, c_out, groups, dropout, conv_impl=conv_impl)
+        self.res_conv = conv2d(c_in, c_out, 1, impl=conv_impl) if c_in != c_out else nn.Identity()
 
     def construct(self, x, t_emb=None):
         if self.mlp is not None and t_emb is not None:
@@ -175,12 +183,12 @@ class ResnetBlock(nn.Cell):
 class _QKV(nn.Cell):
     """Shared part of the attentions: bias-free 1x1 qkv projection split into heads."""
 
-    def __init__(self, dim, heads, head_dim):
+    def __init__(self, dim, heads, head_dim, conv_impl="native"):
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
         self.hidden = heads * head_dim
         self.scale = head_dim ** -0.5
-        self.to_qkv = conv2d(dim, 3 * self.hidden, 1, has_bias=False)
+        self.to_qkv = conv2d(dim, 3 * self.hidden, 1, has_bias=False, impl=conv_impl)
 
     def _split(self, x):
         """[B, dim, H, W] -> q, k, v each [B*heads, head_dim, H*W] (channel = head*head_dim + d)."""
@@ -198,9 +206,9 @@ class Attention(_QKV):
     out = softmax(q^T k * scale) v per head; the softmax runs in float32.
     """
 
-    def __init__(self, dim, heads=4, head_dim=32):
-        super().__init__(dim, heads, head_dim)
-        self.to_out = conv2d(self.hidden, dim, 1)
+    def __init__(self, dim, heads=4, head_dim=32, conv_impl="native"):
+        super().__init__(dim, heads, head_dim, conv_impl)
+        self.to_out = conv2d(self.hidden, dim, 1, impl=conv_impl)
         # transposes folded into the matmuls (no Transpose ops in forward or backward)
         self.bmm_tn = ops.BatchMatMul(transpose_a=True)
         self.bmm_nt = ops.BatchMatMul(transpose_b=True)
@@ -221,9 +229,9 @@ class LinearAttention(_QKV):
     out = context^T q; then 1x1 conv and GroupNorm(1).
     """
 
-    def __init__(self, dim, heads=4, head_dim=32):
-        super().__init__(dim, heads, head_dim)
-        self.to_out = nn.SequentialCell([conv2d(self.hidden, dim, 1), GroupNorm32(1, dim)])
+    def __init__(self, dim, heads=4, head_dim=32, conv_impl="native"):
+        super().__init__(dim, heads, head_dim, conv_impl)
+        self.to_out = nn.SequentialCell([conv2d(self.hidden, dim, 1, impl=conv_impl), GroupNorm32(1, dim)])
         self.bmm_nt = ops.BatchMatMul(transpose_b=True)
         self.bmm_tt = ops.BatchMatMul(transpose_a=True, transpose_b=True)
 
@@ -270,12 +278,13 @@ class DownStage(nn.Cell):
     x [B, c_in, H, W] -> (skip [B, c_out, H, W], x [B, c_out, H/2, W/2] or [.., H, W]).
     """
 
-    def __init__(self, c_in, c_out, make_block, attn, downsample):
+    def __init__(self, c_in, c_out, make_block, attn, downsample, conv_impl="native"):
         super().__init__()
         self.block1 = make_block(c_in, c_out)
         self.block2 = make_block(c_out, c_out)
-        self.attn = Residual(PreNorm(c_out, LinearAttention(c_out, *attn)))
-        self.downsample = conv2d(c_out, c_out, 4, stride=2, padding=1) if downsample else nn.Identity()
+        self.attn = Residual(PreNorm(c_out, LinearAttention(c_out, *attn, conv_impl=conv_impl)))
+        self.downsample = (conv2d(c_out, c_out, 4, stride=2, padding=1, impl=conv_impl) if downsample
+                           else nn.Identity())
 
     def construct(self, x, t_emb):
         x = self.block1(x, t_emb)
@@ -287,10 +296,10 @@ class DownStage(nn.Cell):
 class MidStage(nn.Cell):
     """block, full softmax attention, block at the lowest resolution; [B, c, h, w] -> same."""
 
-    def __init__(self, c, make_block, attn):
+    def __init__(self, c, make_block, attn, conv_impl="native"):
         super().__init__()
         self.block1 = make_block(c, c)
-        self.attn = Residual(PreNorm(c, Attention(c, *attn)))
+        self.attn = Residual(PreNorm(c, Attention(c, *attn, conv_impl=conv_impl)))
         self.block2 = make_block(c, c)
 
     def construct(self, x, t_emb):
@@ -303,12 +312,12 @@ class UpStage(nn.Cell):
     x and skip [B, c_out, H, W] -> [B, c_in, 2H, 2W] (or [.., H, W] without upsampling).
     """
 
-    def __init__(self, c_in, c_out, make_block, attn, upsample):
+    def __init__(self, c_in, c_out, make_block, attn, upsample, conv_impl="native"):
         super().__init__()
         self.block1 = make_block(2 * c_out, c_in)
         self.block2 = make_block(c_in, c_in)
-        self.attn = Residual(PreNorm(c_in, LinearAttention(c_in, *attn)))
-        self.upsample = conv_transpose2d(c_in, c_in, 4, 2, 1) if upsample else nn.Identity()
+        self.attn = Residual(PreNorm(c_in, LinearAttention(c_in, *attn, conv_impl=conv_impl)))
+        self.upsample = conv_transpose2d(c_in, c_in, 4, 2, 1, impl=conv_impl) if upsample else nn.Identity()
 
     def construct(self, x, skip, t_emb):
         x = ops.concat((x, skip), axis=1)
@@ -334,8 +343,12 @@ class UNet(nn.Cell):
 
     def __init__(self, dim, init_dim=None, out_dim=None, dim_mults=(1, 2, 4), channels=3,
                  use_convnext=True, convnext_mult=2, resnet_block_groups=8, attn_heads=4,
-                 attn_head_dim=32, dropout=0.0, image_size=None):
+                 attn_head_dim=32, dropout=0.0, image_size=None, conv_impl="native"):
         super().__init__()
+        if conv_impl not in ("native", "matmul"):
+            raise ValueError(f"UNet conv_impl must be 'native' or 'matmul' (resolve 'auto' with "
+                             f"convs.resolve_conv_impl first), got {conv_impl!r}")
+        self.conv_impl = conv_impl
         dim_mults = tuple(int(m) for m in dim_mults)
         if not dim_mults:
             raise ValueError("dim_mults must not be empty")
@@ -366,21 +379,23 @@ class UNet(nn.Cell):
         def make_block(c_in, c_out, with_time=True):
             t_dim = time_dim if with_time else None
             if use_convnext:
-                return ConvNextBlock(c_in, c_out, t_dim, mult=convnext_mult, dropout=dropout)
-            return ResnetBlock(c_in, c_out, t_dim, groups=resnet_block_groups, dropout=dropout)
+                return ConvNextBlock(c_in, c_out, t_dim, mult=convnext_mult, dropout=dropout, conv_impl=conv_impl)
+            return ResnetBlock(c_in, c_out, t_dim, groups=resnet_block_groups, dropout=dropout,
+                               conv_impl=conv_impl)
 
         self.time_mlp = nn.SequentialCell([SinusoidalPosEmb(dim), dense(dim, time_dim), gelu(),
                                            dense(time_dim, time_dim)])
-        self.init_conv = conv2d(channels, init_dim, 7, padding=3)
+        self.init_conv = conv2d(channels, init_dim, 7, padding=3, impl=conv_impl)
         dims = [init_dim] + widths
         in_out = list(zip(dims[:-1], dims[1:]))
-        self.downs = nn.CellList([DownStage(a, b, make_block, attn, downsample=i < n_down)
+        self.downs = nn.CellList([DownStage(a, b, make_block, attn, downsample=i < n_down, conv_impl=conv_impl)
                                   for i, (a, b) in enumerate(in_out)])
-        self.mid = MidStage(dims[-1], make_block, attn)
+        self.mid = MidStage(dims[-1], make_block, attn, conv_impl=conv_impl)
         # Mirror of the deeper stages; every up stage doubles the resolution back.
-        self.ups = nn.CellList([UpStage(a, b, make_block, attn, upsample=True)
+        self.ups = nn.CellList([UpStage(a, b, make_block, attn, upsample=True, conv_impl=conv_impl)
                                 for a, b in reversed(in_out[1:])])
-        self.final = nn.SequentialCell([make_block(dim, dim, with_time=False), conv2d(dim, out_dim, 1)])
+        self.final = nn.SequentialCell([make_block(dim, dim, with_time=False),
+                                        conv2d(dim, out_dim, 1, impl=conv_impl)])
 
     def construct(self, x, t):
         x = self.init_conv(x)
@@ -398,12 +413,21 @@ class UNet(nn.Cell):
 
 
 # ----------------------------------------------------------------------------- helpers
-def build_unet(cfg):
+def build_unet(cfg, conv_impl=None, device_target=None):
     """UNet from a dict or object with the ``UNET_KEYS`` fields (0 = automatic for init_dim,
-    out_dim and image_size). Missing fields take UNet's defaults; other fields are ignored."""
+    out_dim and image_size). Missing fields take UNet's defaults; other fields are ignored.
+
+    conv_impl: 'auto' | 'native' | 'matmul'; None takes cfg's ``conv_impl`` (else 'auto').
+    'auto' is resolved for ``device_target`` (None: the device MindSpore is set to): matmul
+    convolutions on CPU, native ones on Ascend and GPU. The choice is not part of the
+    architecture: both give the same parameters, so checkpoints move between them."""
     get = (lambda k: cfg[k] if k in cfg else None) if isinstance(cfg, Mapping) else \
         (lambda k: getattr(cfg, k, None))
     kwargs = {k: get(k) for k in UNET_KEYS if get(k) is not None}
+    impl = conv_impl or get("conv_impl") or "auto"
+    if impl == "auto" and device_target is None:
+        device_target = ms.get_context("device_target")
+    kwargs["conv_impl"] = resolve_conv_impl(impl, device_target)
     if "dim" not in kwargs:
         raise ValueError("U-Net config needs 'dim'")
     for k in ("init_dim", "out_dim", "image_size"):
@@ -429,6 +453,10 @@ def model_summary(net):
     width = max(len(k) for k in parts) + 2
     lines = [f"{k:<{width}}{v:>12,}" for k, v in parts.items()]
     lines.append(f"{'total':<{width}}{sum(parts.values()):>12,}")
+    impl = getattr(net, "conv_impl", None)
+    if impl:
+        how = "unfold + matmul (ddpm_ms.convs)" if impl == "matmul" else "MindSpore's conv kernels"
+        lines.append(f"convolutions: {impl} ({how})")
     return "\n".join(lines)
 
 

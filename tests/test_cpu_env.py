@@ -30,12 +30,13 @@ def _cpuinfo(tmp_path, flags):
     return str(path)
 
 
-def _run(tmp_path, flags=FLAGS_AVX512, env=None, prefix=()):
+def _run(tmp_path, flags=FLAGS_AVX512, env=None, prefix=(), matmul_convs=False):
     """apply_cpu_env in a fresh process; returns (chosen dict, resulting env vars, stdout)."""
     code = (
         "import json, os, sys\n"
         "from ddpm_ms.cpu_env import apply_cpu_env\n"
-        f"chosen = apply_cpu_env(verbose=True, cpuinfo_path={_cpuinfo(tmp_path, flags)!r})\n"
+        f"chosen = apply_cpu_env(verbose=True, cpuinfo_path={_cpuinfo(tmp_path, flags)!r}, "
+        f"matmul_convs={matmul_convs!r})\n"
         "again = apply_cpu_env(verbose=True)\n"
         "assert again == chosen\n"
         f"print('JSON' + json.dumps([chosen, {{k: os.environ.get(k) for k in {CPU_VARS!r}}}, "
@@ -106,6 +107,32 @@ def test_no_cap_without_avx512(tmp_path):
     chosen, env, _ = _run(tmp_path, flags=FLAGS_AVX2)
     assert env["ONEDNN_MAX_CPU_ISA"] is None
     assert chosen["onednn_isa"].startswith("default")
+
+
+def test_no_cap_when_every_conv_is_a_matmul(tmp_path):
+    chosen, env, out = _run(tmp_path, flags=FLAGS_AVX512, matmul_convs=True)
+    assert env["ONEDNN_MAX_CPU_ISA"] is None                          # AVX-512 matmuls allowed
+    assert "every conv runs as matmuls" in chosen["onednn_isa"]
+    assert "every conv runs as matmuls" in out                        # the printout says why
+    chosen, env, _ = _run(tmp_path, flags=FLAGS_AVX512, matmul_convs=True,
+                          env={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and "set by user" in chosen["onednn_isa"]
+
+
+@pytest.mark.parametrize("conv_impl", ["auto", "native"])
+def test_prepare_caps_isa_only_for_native_convs(tmp_path, conv_impl):
+    code = (
+        "import os\n"
+        "from ddpm_ms.cli import prepare\n"
+        f"cfg, info = prepare(['--device_target', 'CPU', '--conv_impl', {conv_impl!r}])\n"
+        "print('ISA', os.environ.get('ONEDNN_MAX_CPU_ISA'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
+    env.update(PYTHONPATH=str(ROOT), GLOG_v="3")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    capped = conv_impl == "native" and cpu_env.cpu_has_avx512()
+    assert f"ISA {'AVX2' if capped else 'None'}" in proc.stdout
 
 
 def test_user_isa_left_alone(tmp_path):

@@ -1,0 +1,117 @@
+"""Convolutions computed as matrix products, and the switch that chooses them.
+
+MindSpore 2.10's CPU convolutions are slow: its oneDNN runs plain-NCHW fp32 convs either with
+im2col + GEMM capped at AVX2 (``cpu_env``) or, with AVX-512 allowed, with a reference kernel
+that is 20-50x slower still; its depthwise and transposed convs are slower again in backward.
+Written as ``unfold`` (im2col) + batched matmul, the same convolution trains 2-9x faster on
+CPU, and faster still once no conv is left on oneDNN's conv kernels, because the matmuls may
+then use AVX-512 (BENCHMARKS.md, "Convolutions as matmuls").
+
+``MatmulConv2d`` and ``MatmulConvTranspose2d`` subclass ``nn.Conv2d`` / ``nn.Conv2dTranspose``:
+same parameters (names ``weight`` / ``bias``, shapes, initialisers), only ``construct`` differs.
+So a checkpoint trained with one implementation loads into the other, ``isinstance`` checks
+(mixed precision, FLOP counts) see a conv, and the outputs agree with the native conv to float
+rounding (tests/test_convs.py).
+
+The switch ``conv_impl``: ``native`` (MindSpore's kernels), ``matmul`` (this module), ``auto``
+(matmul on CPU; native on Ascend and GPU, whose vendor conv kernels are the fast path), is
+resolved by ``device.resolve_conv_impl``, which imports no MindSpore: the CPU settings must
+know the choice before MindSpore loads (``cpu_env.apply_cpu_env(matmul_convs=...)``).
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+
+def _pads(padding):
+    """nn.Conv2d padding (int or (top, bottom, left, right)) -> (top, bottom, left, right)."""
+    return (padding,) * 4 if isinstance(padding, int) else tuple(padding)
+
+
+class MatmulConv2d(nn.Conv2d):
+    """nn.Conv2d (pad_mode 'pad', dilation 1, any group) as unfold + batched matmul.
+
+    x [B, C_in, H, W] -> [B, C_out, H_out, W_out], H_out = (H + pad_t + pad_b - k) // stride + 1.
+
+    * 1x1, stride 1, no padding: a plain matmul over the flattened positions (no unfold).
+    * group 1: cols = unfold(x) [B, C_in*k*k, L] (channel-major, the weight's flat order);
+      y = W [C_out, C_in*k*k] @ cols, the weight broadcast over the batch (one BatchMatMul:
+      measured faster than a 2-D @ 3-D matmul or one big GEMM over B*L, BENCHMARKS.md).
+    * group g > 1 (the depthwise 7x7 of ConvNeXt is g = C_in = C_out): cols viewed as
+      [B, g, C_in/g*k*k, L], weight as [g, C_out/g, C_in/g*k*k]; one broadcast matmul per group.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.pad_mode != "pad" or tuple(self.dilation) not in ((1, 1), (1, 1, 1, 1)):
+            raise ValueError("MatmulConv2d supports pad_mode='pad' and dilation 1 only "
+                             f"(got pad_mode={self.pad_mode!r}, dilation={self.dilation})")
+        if self.data_format != "NCHW":
+            raise ValueError("MatmulConv2d supports data_format NCHW only")
+        top, bottom, left, right = _pads(self.padding)
+        if top != bottom or left != right:
+            raise ValueError(f"MatmulConv2d needs symmetric padding, got {self.padding}")
+        self.kh, self.kw = self.kernel_size
+        self.sh, self.sw = self.stride[-2:] if len(self.stride) == 4 else self.stride
+        self.ph, self.pw = top, left
+        self.pointwise = (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
+        self.k_flat = (self.in_channels // self.group) * self.kh * self.kw
+
+    def construct(self, x):
+        b, _, h, w = x.shape
+        h_out = (h + 2 * self.ph - self.kh) // self.sh + 1
+        w_out = (w + 2 * self.pw - self.kw) // self.sw + 1
+        if self.pointwise:
+            cols = x.reshape(b, self.in_channels, h * w)
+        else:
+            cols = ops.unfold(x, (self.kh, self.kw), dilation=1, padding=(self.ph, self.pw),
+                              stride=(self.sh, self.sw))                       # [B, C_in*k*k, L]
+        weight = self.weight.astype(x.dtype)
+        if self.group == 1:
+            wmat = ops.broadcast_to(weight.reshape(1, self.out_channels, self.k_flat),
+                                    (b, self.out_channels, self.k_flat))
+            y = ops.bmm(wmat, cols)                                             # [B, C_out, L]
+        else:
+            g = self.group
+            cols = cols.reshape(b, g, self.k_flat, h_out * w_out)
+            y = ops.matmul(weight.reshape(g, self.out_channels // g, self.k_flat), cols)
+        y = y.reshape(b, self.out_channels, h_out, w_out)
+        if self.has_bias:
+            y = y + self.bias.astype(y.dtype).reshape(1, -1, 1, 1)
+        return y
+
+
+class MatmulConvTranspose2d(nn.Conv2dTranspose):
+    """nn.Conv2dTranspose (pad_mode 'pad', group 1, dilation 1) as matmul + fold (col2im).
+
+    x [B, C_in, H, W] -> [B, C_out, (H-1)*s - 2p + k, ...]. The transposed conv is the adjoint
+    of a conv: cols = W^T [C_out*k*k, C_in] @ x [B, C_in, H*W], then ``fold`` adds every
+    column into the output window it came from. Same FLOPs as the native kernel.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.pad_mode != "pad" or self.group != 1 or tuple(self.dilation) not in ((1, 1), (1, 1, 1, 1)):
+            raise ValueError("MatmulConvTranspose2d supports pad_mode='pad', group 1 and dilation 1 only")
+        if self.output_padding not in (0, (0, 0)):
+            raise ValueError("MatmulConvTranspose2d does not support output_padding")
+        top, bottom, left, right = _pads(self.padding)
+        if top != bottom or left != right:
+            raise ValueError(f"MatmulConvTranspose2d needs symmetric padding, got {self.padding}")
+        self.kh, self.kw = self.kernel_size
+        self.sh, self.sw = self.stride[-2:] if len(self.stride) == 4 else self.stride
+        self.ph, self.pw = top, left
+        self.rows = self.out_channels * self.kh * self.kw
+
+    def construct(self, x):
+        b, _, h, w = x.shape
+        h_out = (h - 1) * self.sh - 2 * self.ph + self.kh
+        w_out = (w - 1) * self.sw - 2 * self.pw + self.kw
+        weight = self.weight.astype(x.dtype).reshape(self.in_channels, self.rows)
+        cols = ops.bmm(ops.broadcast_to(weight.T.reshape(1, self.rows, self.in_channels),
+                                        (b, self.rows, self.in_channels)),
+                       x.reshape(b, self.in_channels, h * w))                   # [B, C_out*k*k, H*W]
+        y = ops.fold(cols, ms.Tensor((h_out, w_out), ms.int32), (self.kh, self.kw), dilation=1,
+                     padding=(self.ph, self.pw), stride=(self.sh, self.sw))
+        if self.has_bias:
+            y = y + self.bias.astype(y.dtype).reshape(1, -1, 1, 1)
+        return y
