@@ -160,7 +160,7 @@ def run_steps(step_fn, sampler, x, rngs=None, record=(), bar=None):
 
 def sample(network, schedule, num_samples, image_shape, sampler="ddim", num_steps=50, eta=0.0,
            spacing="leading", objective="eps", clip_x0=True, batch_size=None, seed=None,
-           progress=True, x_T=None, record=None, jit=True):
+           progress=True, x_T=None, record=None, jit=True, on_batch=None):
     """Draw ``num_samples`` images with a compiled per-step graph.
 
     image_shape: (C, H, W). sampler/num_steps/eta/spacing/objective/clip_x0: as
@@ -168,6 +168,8 @@ def sample(network, schedule, num_samples, image_shape, sampler="ddim", num_step
     [num_samples, C, H, W] start (else ``initial_noise(seed, ...)``). seed: see the module
     docstring; None = fresh entropy. record: step indices to snapshot (first batch only).
     jit: compile each step with ``ms.jit`` (False: run the cell as the context mode says).
+    on_batch(start, images): called with each batch (float32 [b, C, H, W] in [-1, 1], images
+    start .. start+b-1) as soon as it is done, e.g. to write it before the next batch.
 
     Returns float32 numpy [N, C, H, W] clipped to [-1, 1]; with ``record`` also the list of
     snapshots ``(i, t, x_t, pred_x0)`` from ``run_steps``.
@@ -196,6 +198,8 @@ def sample(network, schedule, num_samples, image_shape, sampler="ddim", num_step
                              bar=bar)
         snapshots += snaps
         outputs.append(np.clip(x.asnumpy(), -1.0, 1.0))
+        if on_batch is not None:
+            on_batch(start, outputs[-1])
     bar.close()
     images = np.concatenate(outputs, 0)
     return (images, snapshots) if record is not None else images
