@@ -5,14 +5,22 @@
         x, pred_x0 = sampler.step(model(x, t), t, x)
 
 Every sampler reduces its update to ONE linear form driven by a per-step coefficient row
-``(a, b, c, d, e, f, g, sigma)`` (``COEF_NAMES``), applied by ``generic_update``:
+``(a, b, c, d, e, f, g, sigma, e_last)`` (``COEF_NAMES``), applied by ``generic_update``:
 
     pred_x0 = a * x + b * model_out          objective conversion at abar_t (schedule.x0_coefs)
     pred_x0 = clip(pred_x0, -1, 1)           if clip_x0
     eps     = c * x + d * pred_x0            eps re-derived from the (clipped) pred_x0 (schedule.eps_coefs)
-    x_prev  = e * pred_x0 + f * eps + g * x + sigma * noise
+    x_prev  = e * pred_x0 + f * eps + g * x + sigma * noise + e_last * last_x0
 
-``sampler.coef_table`` (float64 [num_steps, 8], row i for ``timesteps[i]``) holds the rows, so
+``last_x0`` is the pred_x0 the previous step returned. Only the multistep DPM-Solver++(2M)
+uses it (``e_last`` is 0 in every row of DDPM, DDIM, naive and the inverter, whose numbers are
+those of the 8-term form), so the loop with a multistep solver reads
+
+    x, pred_x0 = noise, None
+    for t in sampler.timesteps:
+        x, pred_x0 = sampler.step(model(x, t), t, x, last_x0=pred_x0)
+
+``sampler.coef_table`` (float64 [num_steps, 9], row i for ``timesteps[i]``) holds the rows, so
 the same ``generic_update`` runs on numpy arrays, on MindSpore tensors and, with rows gathered
 from a tensor step index, inside a compiled MindSpore graph. MindSpore is imported lazily.
 """
@@ -20,23 +28,26 @@ import numpy as np
 
 from ddpm_ms.schedule import OBJECTIVES, check_choice, eps_coefs, x0_coefs
 
-COEF_NAMES = ("a", "b", "c", "d", "e", "f", "g", "sigma")
-SAMPLERS = ("ddpm", "ddim", "naive")
+COEF_NAMES = ("a", "b", "c", "d", "e", "f", "g", "sigma", "e_last")
+SAMPLERS = ("ddpm", "ddim", "naive", "dpmpp2m")
 SPACINGS = ("leading", "trailing", "linspace")
+FINAL_SIGMAS = ("zero", "sigma_min")
 
 
-def generic_update(coefs, model_out, x, noise, clip_x0):
+def generic_update(coefs, model_out, x, noise, clip_x0, last_x0=0.0):
     """One reverse step in the linear form above; returns (x_prev, pred_x0), both shaped like x.
 
-    coefs: indexable of 8 scalars (Python floats or tensors broadcastable to x) in COEF_NAMES
-    order; model_out, x, noise: [B, C, H, W] arrays or tensors (noise may be 0.0);
-    clip_x0: Python bool.
+    coefs: indexable of 9 scalars (Python floats or tensors broadcastable to x) in COEF_NAMES
+    order; model_out, x, noise, last_x0: [B, C, H, W] arrays or tensors (noise and last_x0
+    may be 0.0); clip_x0: Python bool. The e_last term is added last, so a row with
+    e_last = 0 gives bit for bit the 8-term result (x + 0.0 == x).
     """
     pred_x0 = coefs[0] * x + coefs[1] * model_out
     if clip_x0:
         pred_x0 = pred_x0.clip(-1.0, 1.0)
     eps = coefs[2] * x + coefs[3] * pred_x0
     x_prev = coefs[4] * pred_x0 + coefs[5] * eps + coefs[6] * x + coefs[7] * noise
+    x_prev = x_prev + coefs[8] * last_x0
     return x_prev, pred_x0
 
 
@@ -72,7 +83,7 @@ def _draw_noise(x):
 
 
 class CoefSampler:
-    """Base: a descending list ``timesteps`` and a float64 ``coef_table`` [len(timesteps), 8]."""
+    """Base: a descending list ``timesteps`` and a float64 ``coef_table`` [len(timesteps), 9]."""
 
     def __init__(self, schedule, timesteps, coef_table, clip_x0):
         self.schedule = schedule
@@ -95,21 +106,33 @@ class CoefSampler:
                              f"({self.timesteps[0]} ... {self.timesteps[-1]})") from None
 
     def coefs(self, t):
-        """The 8 coefficients for timestep t as a dict (for reading and tests)."""
+        """The 9 coefficients for timestep t as a dict (for reading and tests)."""
         return dict(zip(COEF_NAMES, self.coef_table[self.index(t)].tolist()))
 
-    def step(self, model_out, t, x, noise=None):
+    @property
+    def uses_last_x0(self):
+        """True when some step reads the previous step's pred_x0 (multistep solvers)."""
+        return bool(np.any(self.coef_table[:, 8] != 0.0))
+
+    def step(self, model_out, t, x, noise=None, last_x0=None):
         """One step at timestep t (Python int) -> (x_prev, pred_x0).
 
         model_out, x: [B, C, H, W] numpy arrays or MindSpore tensors (same kind); noise: the
-        N(0, I) draw for this step, drawn here when None (not drawn when sigma = 0).
+        N(0, I) draw for this step, drawn here when None (not drawn when sigma = 0);
+        last_x0: the pred_x0 the previous step returned (needed where e_last != 0, ignored
+        elsewhere).
         """
         row = self.coef_table[self.index(t)].tolist()  # Python floats: work with either array kind
         if row[7] == 0.0:
             noise = 0.0
         elif noise is None:
             noise = _draw_noise(x)
-        return generic_update(row, model_out, x, noise, self.clip_x0)
+        if row[8] == 0.0:
+            last_x0 = 0.0
+        elif last_x0 is None:
+            raise ValueError(f"step t={t} of this multistep sampler needs last_x0, the pred_x0 "
+                             "returned by the previous step")
+        return generic_update(row, model_out, x, noise, self.clip_x0, last_x0)
 
 
 def _conversion_coefs(objective, abar):
@@ -136,7 +159,7 @@ class DDPMSampler(CoefSampler):
         e = schedule.posterior_mean_coef1[ts]
         g = schedule.posterior_mean_coef2[ts]
         sigma = np.sqrt(schedule.posterior_variance[ts])  # 0 at t = 0 since abar_prev = 1
-        table = np.stack([a, b, c, d, e, np.zeros(T), g, sigma], axis=1)
+        table = np.stack([a, b, c, d, e, np.zeros(T), g, sigma, np.zeros(T)], axis=1)
         super().__init__(schedule, ts, table, clip_x0)
         self.objective = objective
         self.t_prev = [t - 1 for t in self.timesteps]
@@ -174,7 +197,7 @@ class DDIMSampler(CoefSampler):
         sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar)) * np.sqrt(1.0 - abar / abar_prev)
         e = np.sqrt(abar_prev)
         f = np.sqrt(np.maximum(1.0 - abar_prev - sigma ** 2, 0.0))  # >= 0 exactly; max absorbs rounding
-        table = np.stack([a, b, c, d, e, f, np.zeros_like(e), sigma], axis=1)
+        table = np.stack([a, b, c, d, e, f, np.zeros_like(e), sigma, np.zeros_like(e)], axis=1)
         super().__init__(schedule, ts, table, clip_x0)
         self.eta, self.spacing, self.objective = float(eta), spacing, objective
         self.t_prev = [int(t) for t in t_prev]
@@ -191,7 +214,7 @@ class NaiveSampler(CoefSampler):
         a, b, c, d = _conversion_coefs(objective, _abar(schedule, ts))
         m = 1.0 / (n - np.arange(n))
         zeros = np.zeros(n)
-        table = np.stack([a, b, c, d, m, zeros, 1.0 - m, zeros], axis=1)
+        table = np.stack([a, b, c, d, m, zeros, 1.0 - m, zeros, zeros], axis=1)
         super().__init__(schedule, ts, table, clip_x0)
         self.spacing, self.objective = spacing, objective
         self.t_prev = [int(t) for t in t_prev]
@@ -225,22 +248,97 @@ class DDIMInverter(CoefSampler):
         f = np.sqrt(1.0 - abar) - np.sqrt(abar * (1.0 - abar_from) / abar_from)
         g = np.sqrt(abar / abar_from)
         zeros = np.zeros_like(abar)
-        table = np.stack([a, b, c, d, zeros, f, g, zeros], axis=1)
+        table = np.stack([a, b, c, d, zeros, f, g, zeros, zeros], axis=1)
         super().__init__(schedule, ts, table, clip_x0=False)
         self.spacing, self.objective = spacing, objective
         self.t_from = [int(t) for t in t_from]
         self.t_next = list(self.timesteps)
 
 
+def solver_timestep_grid(num_timesteps, num_steps, spacing="leading"):
+    """Ascending grid (int64 [S]) for a solver whose last step goes to clean data (DPM-Solver++).
+
+    As diffusers' DPMSolverMultistepScheduler: ``leading`` and ``linspace`` take the (S+1)-point
+    ``timestep_grid`` and drop its t = 0, so no network call is spent at t = 0 (abar_0 = 0.9999,
+    almost clean already); ``trailing`` is ``timestep_grid`` itself (it holds t = 0 only at S = T).
+        leading:  i * (T // (S + 1))                 for i in 1 .. S
+        linspace: round(linspace(0, T - 1, S + 1))[1:]
+        trailing: round(T - i * T / S) - 1           for i in range(S)
+    With S = T every spacing gives all T timesteps.
+    """
+    grid = timestep_grid(num_timesteps, num_steps, spacing)  # validates spacing and S in [1, T]
+    if spacing == "trailing" or len(grid) == num_timesteps:
+        return grid
+    return timestep_grid(num_timesteps, len(grid) + 1, spacing)[1:]
+
+
+class DPMSolverPP2MSampler(CoefSampler):
+    """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Algorithm 2): the multistep
+    second-order solver of the probability-flow ODE in data-prediction form. Deterministic.
+
+    alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma). A step goes from
+    s = timesteps[i] to t = t_prev[i] with h = lambda_t - lambda_s; the previous step had size
+    h_last = lambda_s - lambda_{s_last}, r = h_last / h, and D0 = pred_x0 (the model's data
+    prediction at s), D1 = (1 / r) (pred_x0 - last_x0):
+
+        x_t = (sigma_t / sigma_s) x - alpha_t (e^{-h} - 1) D0 - 0.5 alpha_t (e^{-h} - 1) D1
+
+    A first-order step drops D1; it is DDIM with eta 0 (Lu et al. 2022, sec. 3.1). In the linear
+    form, with A = alpha_t (1 - e^{-h}):
+        g = sigma_t / sigma_s,  e = A (1 + h / (2 h_last)),  e_last = -A h / (2 h_last)
+    (first order: e = A, e_last = 0); a, b convert the objective to pred_x0; f = sigma = 0.
+
+    Order: 1 on the first step (no last_x0 yet), 2 afterwards, except the last step:
+    - final_sigmas_type 'zero' (default, as diffusers): the last step goes to clean data
+      (t_prev = -1, sigma = 0, lambda = inf), where x_t = pred_x0. It is first order whatever
+      ``lower_order_final`` says: the D1 weight h / h_last is infinite there.
+    - 'sigma_min': the last step goes to the level of t = 0 (abar_0), the returned x keeps noise
+      of std sqrt(1 - abar_0); ``lower_order_final`` makes that step first order when S < 15.
+    Timesteps: ``solver_timestep_grid`` (diffusers' grids for this solver).
+    """
+
+    def __init__(self, schedule, num_steps=20, spacing="leading", objective="eps", clip_x0=True,
+                 lower_order_final=True, final_sigmas_type="zero"):
+        check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS)
+        ts = solver_timestep_grid(schedule.num_timesteps, num_steps, spacing)[::-1]
+        t_prev = np.append(ts[1:], -1 if final_sigmas_type == "zero" else 0)
+        abar, abar_t = _abar(schedule, ts), _abar(schedule, t_prev)
+        n = len(ts)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam_s = 0.5 * (np.log(abar) - np.log1p(-abar))
+            lam_t = 0.5 * (np.log(abar_t) - np.log1p(-abar_t))   # +inf for clean data
+            h = lam_t - lam_s
+            orders = np.where(np.arange(n) >= 1, 2, 1)
+            if final_sigmas_type == "zero" or (lower_order_final and n < 15):
+                orders[-1] = 1
+            h_last = np.append(np.nan, h[:-1])                    # lambda_s - lambda_{s_last}
+            inv_r = np.where(orders == 2, h / h_last, 0.0)        # 1 / r
+        big_a = -np.sqrt(abar_t) * np.expm1(-h)                   # alpha_t (1 - e^{-h}); 1 to clean data
+        g = np.sqrt(1.0 - abar_t) / np.sqrt(1.0 - abar)
+        e = big_a * (1.0 + 0.5 * inv_r)
+        e_last = -0.5 * big_a * inv_r + 0.0                       # + 0.0: no -0.0 entries
+        a, b, c, d = _conversion_coefs(objective, abar)
+        zeros = np.zeros(n)
+        table = np.stack([a, b, c, d, e, zeros, g, zeros, e_last], axis=1)
+        super().__init__(schedule, ts, table, clip_x0)
+        self.spacing, self.objective = spacing, objective
+        self.lower_order_final, self.final_sigmas_type = bool(lower_order_final), final_sigmas_type
+        self.t_prev = [int(t) for t in t_prev]
+        self.orders = [int(o) for o in orders]
+
+
 def make_sampler(name, schedule, num_steps=50, eta=0.0, spacing="leading", objective="eps",
                  clip_x0=True):
     """Build a sampler by name: 'ddpm' (all T steps; num_steps, eta and spacing unused),
-    'ddim', or 'naive' (eta unused)."""
+    'ddim', 'naive' (eta unused) or 'dpmpp2m' (DPM-Solver++(2M), eta unused)."""
     check_choice("sampler", name, SAMPLERS)
     if name == "ddpm":
         return DDPMSampler(schedule, objective=objective, clip_x0=clip_x0)
     if name == "ddim":
         return DDIMSampler(schedule, num_steps=num_steps, eta=eta, spacing=spacing,
                            objective=objective, clip_x0=clip_x0)
+    if name == "dpmpp2m":
+        return DPMSolverPP2MSampler(schedule, num_steps=num_steps, spacing=spacing,
+                                    objective=objective, clip_x0=clip_x0)
     return NaiveSampler(schedule, num_steps=num_steps, spacing=spacing, objective=objective,
                         clip_x0=clip_x0)

@@ -1,12 +1,15 @@
 """Compiled sampling: one graph per denoising step (network + sampler update).
 
 The sampler objects in :mod:`ddpm_ms.samplers` describe every update as one linear form with
-a per-step coefficient row (``coef_table`` [S, 8]). ``SamplingStep`` takes that table and the
+a per-step coefficient row (``coef_table`` [S, 9]). ``SamplingStep`` takes that table and the
 timestep grid as tensors and gathers row ``i`` inside the graph from a tensor step index, so
-every step of a run (DDPM, DDIM, naive, and DDIM inversion) runs the same compiled graph:
+every step of a run (DDPM, DDIM, naive, DPM-Solver++(2M), and DDIM inversion) runs the same
+compiled graph:
 
-    x_prev, pred_x0 = step(x, i, noise, coefs, timesteps)
-                    = generic_update(coefs[i], network(x, timesteps[i]), x, noise)
+    x_prev, pred_x0 = step(x, i, noise, last_x0, coefs, timesteps)
+                    = generic_update(coefs[i], network(x, timesteps[i]), x, noise, last_x0)
+
+``last_x0`` is the previous step's pred_x0 for the multistep DPM-Solver++(2M), zeros otherwise.
 
 The tables are inputs, padded to T rows (``step_tables``), so the graph does not depend on
 the sampler or its step count: ``make_step`` compiles once per (network, clip_x0, batch
@@ -28,20 +31,21 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .samplers import DDIMInverter, generic_update, make_sampler
+from .samplers import COEF_NAMES, DDIMInverter, generic_update, make_sampler
 
 
 class SamplingStep(nn.Cell):
-    """(x_prev, pred_x0) = step(x, i, noise, coefs, timesteps).
+    """(x_prev, pred_x0) = step(x, i, noise, last_x0, coefs, timesteps).
 
-    x, noise: float32 [B, C, H, W]; i: int32 scalar tensor; coefs: float32 [R, 8] rows in
-    ``samplers.COEF_NAMES`` order; timesteps: int32 [R]. The network is called as
-    network(x, t) with t int32 [B] = timesteps[i]; its output (any float dtype) is cast to
-    float32 and fed to ``generic_update`` with row i:
+    x, noise, last_x0: float32 [B, C, H, W] (last_x0: the previous step's pred_x0, or zeros);
+    i: int32 scalar tensor; coefs: float32 [R, 9] rows in ``samplers.COEF_NAMES`` order;
+    timesteps: int32 [R]. The network is called as network(x, t) with t int32 [B] =
+    timesteps[i]; its output (any float dtype) is cast to float32 and fed to
+    ``generic_update`` with row i:
 
         pred_x0 = a x + b out  (clipped to [-1, 1] when clip_x0)
         eps     = c x + d pred_x0
-        x_prev  = e pred_x0 + f eps + g x + sigma noise
+        x_prev  = e pred_x0 + f eps + g x + sigma noise + e_last last_x0
     """
 
     def __init__(self, network, clip_x0):
@@ -49,20 +53,21 @@ class SamplingStep(nn.Cell):
         self.network = network
         self.clip_x0 = bool(clip_x0)
 
-    def construct(self, x, i, noise, coefs, timesteps):
-        row = ops.gather(coefs, i, 0)            # [8]
+    def construct(self, x, i, noise, last_x0, coefs, timesteps):
+        row = ops.gather(coefs, i, 0)            # [9]
         t = ops.gather(timesteps, i, 0)          # scalar
         t_batch = ops.broadcast_to(t.reshape((1,)), (x.shape[0],))
         out = self.network(x, t_batch).astype(ms.float32)
-        return generic_update([row[k] for k in range(8)], out, x, noise, self.clip_x0)
+        return generic_update([row[k] for k in range(len(COEF_NAMES))], out, x, noise, self.clip_x0,
+                              last_x0)
 
 
 def step_tables(sampler):
-    """(coefs float32 [T, 8], timesteps int32 [T]) Tensors: the sampler's ``coef_table`` and
+    """(coefs float32 [T, 9], timesteps int32 [T]) Tensors: the sampler's ``coef_table`` and
     ``timesteps`` with zero rows appended up to T = schedule.num_timesteps, so every sampler
     of one schedule feeds the graph tensors of the same shape."""
     rows = max(sampler.schedule.num_timesteps, sampler.num_steps)
-    coefs = np.zeros((rows, 8), np.float32)
+    coefs = np.zeros((rows, len(COEF_NAMES)), np.float32)
     coefs[:sampler.num_steps] = sampler.coef_table
     timesteps = np.zeros(rows, np.int32)
     timesteps[:sampler.num_steps] = sampler.timesteps
@@ -82,15 +87,16 @@ def _jitted(network, clip_x0):
     if clip_x0 not in cache:
         cell = SamplingStep(network, clip_x0)
 
-        def step(x, i, noise, coefs, timesteps):
-            return cell(x, i, noise, coefs, timesteps)
+        def step(x, i, noise, last_x0, coefs, timesteps):
+            return cell(x, i, noise, last_x0, coefs, timesteps)
         cache[clip_x0] = ms.jit(step)
     return cache[clip_x0]
 
 
 def make_step(network, sampler, jit=True):
-    """step_fn(x, i, noise) -> (x_prev, pred_x0) for the steps of ``sampler`` (any CoefSampler,
-    including ``DDIMInverter``, which never clips).
+    """step_fn(x, i, noise, last_x0=None) -> (x_prev, pred_x0) for the steps of ``sampler`` (any
+    CoefSampler, including ``DDIMInverter``, which never clips). last_x0: the previous step's
+    pred_x0 for multistep samplers (``sampler.uses_last_x0``); None feeds zeros.
 
     jit=True: one ``ms.jit`` graph, whatever the context mode, cached per (network, clip_x0)
     and compiled again only for a new batch shape. jit=False: the cell itself (op by op in
@@ -99,8 +105,15 @@ def make_step(network, sampler, jit=True):
     coefs, timesteps = step_tables(sampler)
     run = _jitted(network, sampler.clip_x0) if jit else SamplingStep(network, sampler.clip_x0)
 
-    def step_fn(x, i, noise):
-        return run(x, i, noise, coefs, timesteps)
+    zeros = {}
+
+    def step_fn(x, i, noise, last_x0=None):
+        if last_x0 is None:
+            shape = tuple(x.shape)
+            if shape not in zeros:
+                zeros[shape] = Tensor(np.zeros(shape, np.float32))
+            last_x0 = zeros[shape]
+        return run(x, i, noise, last_x0, coefs, timesteps)
     return step_fn
 
 
@@ -134,7 +147,9 @@ def run_steps(step_fn, sampler, x, rngs=None, record=(), bar=None):
 
     rngs: per-image Generators for the steps whose sigma > 0 (required then). record: step
     indices whose snapshot ``(i, t, x_t, pred_x0)`` (numpy; x_t is the step's input) is kept.
-    Only recorded steps read values back to the host.
+    Only recorded steps read values back to the host. A multistep sampler
+    (``sampler.uses_last_x0``) gets each step's pred_x0 back as the next step's last_x0;
+    the others are called as step_fn(x, i, noise).
     """
     sigmas = np.asarray(sampler.coef_table)[:, 7]
     shape = tuple(x.shape)
@@ -148,7 +163,10 @@ def run_steps(step_fn, sampler, x, rngs=None, record=(), bar=None):
         else:
             noise = zeros
         x_in = x
-        x, pred_x0 = step_fn(x, index[i], noise)
+        if sampler.uses_last_x0:
+            x, pred_x0 = step_fn(x, index[i], noise, pred_x0 if i else zeros)
+        else:
+            x, pred_x0 = step_fn(x, index[i], noise)
         if i in record:
             snapshots.append((i, sampler.timesteps[i], x_in.asnumpy(), pred_x0.asnumpy()))
         if bar is not None:
