@@ -85,7 +85,7 @@ DEFAULTS = {
     "resume": ("", str, "'' | auto | path to a checkpoint"),
     "num_preview": (16, int, "images in preview grids"),
     # sampling
-    "sampler": ("ddim", str, "ddpm | ddim | naive"),
+    "sampler": ("ddim", str, "ddpm | ddim | naive | dpmpp2m (DPM-Solver++(2M), no eta)"),
     "sample_steps": (50, int, "sampler steps (ddim / naive)"),
     "eta": (0.0, float, "DDIM eta (0 = deterministic)"),
     "spacing": ("leading", str, "leading | trailing | linspace timestep grid"),
@@ -111,7 +111,7 @@ CHOICES = {
     "optimizer": ("adam", "adamw"),
     "lr_schedule": ("constant", "cosine"),
     "amp_level": ("O0", "O1", "O2", "O3", "auto"),
-    "sampler": ("ddpm", "ddim", "naive"),
+    "sampler": ("ddpm", "ddim", "naive", "dpmpp2m"),
     "spacing": ("leading", "trailing", "linspace"),
     "conv_impl": ("auto", "native", "matmul"),
     "data_sink": ("auto", "on", "off"),

@@ -40,20 +40,23 @@ def add_checkpoint_args(p):
                    help="EMA weights (default) or the raw trained weights")
 
 
-def add_sampler_args(p, samplers=("ddpm", "ddim", "naive")):
+def add_sampler_args(p, samplers=("ddpm", "ddim", "naive", "dpmpp2m")):
     """Sampler options; unset ones fall back to the checkpoint's config."""
     if len(samplers) > 1:
         p.add_argument("--sampler", choices=samplers, default=None,
                        help="ddpm: ancestral, all T steps; ddim: DDIM on a sub-grid (eta 0 = "
-                            "deterministic); naive: step toward pred_x0 (baseline). Default: the "
-                            "checkpoint's config")
+                            "deterministic); naive: step toward pred_x0 (baseline); dpmpp2m: "
+                            "DPM-Solver++(2M), deterministic, second order, meant for 10-20 steps. "
+                            "Default: the checkpoint's config")
     p.add_argument("--steps", type=int, default=None,
-                   help="sampler steps in [1, T] (ddim/naive; ddpm always runs all T). "
+                   help="sampler steps in [1, T] (ddim/naive/dpmpp2m; ddpm always runs all T). "
                         "Default: the config's sample_steps")
     if "ddim" in samplers and len(samplers) > 1:
-        p.add_argument("--eta", type=float, default=None, help="DDIM eta >= 0 (0 = deterministic)")
+        p.add_argument("--eta", type=float, default=None,
+                       help="DDIM eta >= 0 (0 = deterministic); ddim only")
     p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None,
-                   help="timestep grid for ddim/naive")
+                   help="timestep grid for ddim/naive/dpmpp2m (dpmpp2m's leading and linspace grids "
+                        "leave out t = 0, as diffusers' DPM-Solver does)")
     p.add_argument("--clip_x0", choices=("true", "false"), default=None,
                    help="clip pred_x0 to [-1, 1] at every step")
 
@@ -126,26 +129,47 @@ def load_network(ckpt_path, weights="ema", conv_impl="auto"):
     return net, cfg, meta
 
 
+# The command-line options each sampler has no use for, and why (one line names them all).
+UNUSED_OPTIONS = {"ddim": (), "ddpm": ("steps", "eta", "spacing"), "naive": ("eta",),
+                  "dpmpp2m": ("eta",)}
+UNUSED_WHY = {
+    "ddpm": "ddpm always runs all T={T} steps, on every timestep, with the posterior variance "
+            "(for fewer steps or another eta use --sampler ddim; --eta 1 is DDPM-like)",
+    "naive": "naive adds no noise, so it has no eta",
+    "dpmpp2m": "DPM-Solver++(2M) solves the deterministic probability-flow ODE and has no eta "
+               "(for eta > 0 use --sampler ddim)",
+}
+
+
 def sampling_options(cfg, sampler=None, steps=None, eta=None, spacing=None, clip_x0=None):
     """Keyword arguments for ``sampling.sample`` from the command line over the config.
 
-    Raises ConfigError naming the allowed range for --steps outside [1, T], a negative eta,
-    or --steps with ddpm (which always runs all T steps).
+    steps/eta/spacing/clip_x0 are the values given on the command line (None = not given; the
+    config's value is used). Raises ConfigError with one line that names every given option
+    the sampler does not use (``UNUSED_OPTIONS``; --steps T is accepted for ddpm), then for
+    --steps outside [1, T] or a negative eta. ``eta`` in the result is None for samplers
+    without one.
     """
     T = cfg["timesteps"]
+    who = f"--sampler {sampler}" if sampler else f"the checkpoint's sampler {cfg['sampler']}"
     sampler = sampler or cfg["sampler"]
+    given = dict(steps=steps, eta=eta, spacing=spacing)
+    unused = [f"--{k} {given[k]}" for k in UNUSED_OPTIONS[sampler]
+              if given[k] is not None and not (k == "steps" and given[k] == T)]
+    if unused:
+        raise ConfigError(f"{who} does not use {', '.join(unused)}: "
+                          f"{UNUSED_WHY[sampler].format(T=T)}; drop {'it' if len(unused) == 1 else 'them'}")
     if steps is not None and not 1 <= steps <= T:
         raise ConfigError(f"--steps must be between 1 and T={T} (the checkpoint's timesteps), got {steps}")
-    if sampler == "ddpm":
-        if steps is not None and steps != T:
-            raise ConfigError(f"--sampler ddpm always runs all T={T} steps; for {steps} steps use "
-                              "--sampler ddim (--eta 1 is DDPM-like)")
-        steps = T
-    eta = cfg["eta"] if eta is None else eta
-    if not eta >= 0:
-        raise ConfigError(f"--eta must be >= 0 (0 = deterministic DDIM), got {eta}")
+    if sampler == "ddim":
+        eta = cfg["eta"] if eta is None else eta
+        if not eta >= 0:
+            raise ConfigError(f"--eta must be >= 0 (0 = deterministic DDIM), got {eta}")
+    else:
+        eta = None
     clip = cfg["clip_x0"] if clip_x0 is None else clip_x0 in (True, "true")
-    return dict(sampler=sampler, num_steps=steps or cfg["sample_steps"], eta=eta,
+    num_steps = T if sampler == "ddpm" else steps or cfg["sample_steps"]
+    return dict(sampler=sampler, num_steps=num_steps, eta=eta,
                 spacing=spacing or cfg["spacing"], objective=cfg["objective"], clip_x0=clip)
 
 

@@ -279,6 +279,46 @@ def test_sampling_options_ranges():
         sampling_options(cfg, eta=-0.1)
 
 
+def test_sampling_options_name_every_option_the_sampler_does_not_use():
+    cfg = resolve(base=TINY)
+    opts = sampling_options(cfg, "dpmpp2m", 10, spacing="trailing")
+    assert (opts["sampler"], opts["num_steps"], opts["eta"], opts["spacing"]) == ("dpmpp2m", 10, None, "trailing")
+    assert sampling_options(cfg, "ddpm", 50)["num_steps"] == 50          # --steps T says nothing new
+    assert sampling_options(cfg, "ddim", eta=0.5)["eta"] == 0.5
+    with pytest.raises(ConfigError) as err:
+        sampling_options(cfg, "ddpm", steps=10, eta=0.5, spacing="trailing")
+    line = str(err.value)
+    assert line.startswith("--sampler ddpm does not use --steps 10, --eta 0.5, --spacing trailing: "
+                           "ddpm always runs all T=50 steps") and line.endswith("drop them"), line
+    with pytest.raises(ConfigError, match=r"^--sampler dpmpp2m does not use --eta 0.0: .*has no eta.*drop it$"):
+        sampling_options(cfg, "dpmpp2m", 10, eta=0.0)
+    with pytest.raises(ConfigError, match=r"^--sampler naive does not use --eta 1.0: "):
+        sampling_options(cfg, "naive", eta=1.0)
+    ddpm_cfg = resolve(base=dict(TINY, sampler="ddpm"))
+    with pytest.raises(ConfigError, match=r"^the checkpoint's sampler ddpm does not use --steps 4: "):
+        sampling_options(ddpm_cfg, steps=4)
+
+
+def test_cli_dpmpp2m_samples_and_rejects_eta(tiny_ckpt, tmp_path, capsys):
+    from sample import main as sample_main
+    run = ["--ckpt", str(tiny_ckpt), "--device_target", "CPU", "--mode", "pynative"]
+    line = _error_line(capsys, [*run, "--sampler", "dpmpp2m", "--eta", "0.5", "--out", str(tmp_path / "e")])
+    assert "--sampler dpmpp2m does not use --eta 0.5" in line and "no eta" in line, line
+    line = _error_line(capsys, [*run, "--sampler", "ddpm", "--eta", "0.5", "--steps", "10",
+                                "--out", str(tmp_path / "e")])
+    assert "--steps 10, --eta 0.5" in line, line
+    assert not (tmp_path / "e").exists()
+    out = tmp_path / "dpm"
+    assert run_main(sample_main, [*run, "--sampler", "dpmpp2m", "--steps", "5", "--num_samples", "3",
+                                  "--seed", "2", "--out", str(out)]) == 0
+    images = np.load(out / "samples.npz")["images"]
+    assert images.shape == (3, 8, 8, 1) and images.dtype == np.uint8
+    net, cfg, _ = load_network(str(tiny_ckpt))
+    want = sample(net, NoiseSchedule("linear", 50), 3, SHAPE, sampler="dpmpp2m", num_steps=5,
+                  spacing=cfg["spacing"], clip_x0=cfg["clip_x0"], seed=2, progress=False)
+    np.testing.assert_array_equal(images, to_uint8(want))
+
+
 @pytest.mark.slow
 def test_cli_invert_reports_error_and_writes_pair(tiny_ckpt, tmp_path):
     img = tmp_path / "in.png"
