@@ -109,6 +109,11 @@ class Comm:
     def loss_reducer(self):
         return _AllReduceMean(self.world)
 
+    def finite_reducer(self):
+        """A cell: bool 'gradients finite' -> True only when finite on every rank (in the graph),
+        as MindSpore's TrainOneStepWithLossScaleCell all-reduces its overflow flag."""
+        return _AllRanksTrue()
+
     def same_on_all(self, value):
         """True on every rank when every rank passes the same number (e.g. the resume step)."""
         total = float(self._all_sum(value))
@@ -133,6 +138,18 @@ class _AllReduceMean(nn.Cell):
 
     def construct(self, x):
         return self.all_reduce(x.reshape((1,))).reshape(()) * self.inv
+
+
+class _AllRanksTrue(nn.Cell):
+    """bool scalar -> True when it is True on all ranks (sum of the 'not finite' flags is 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM)  # the CPU backend has only SUM
+
+    def construct(self, finite):
+        bad = 1.0 - finite.astype(ms.float32).reshape((1,))
+        return self.all_reduce(bad).reshape(()) < 0.5
 
 
 def setup(cfg, log=print):

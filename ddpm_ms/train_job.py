@@ -89,6 +89,8 @@ def run(cfg, info, log=print):
     distributed.wanted(cfg)  # so does distribute: true without a launcher
     stage = None
     if not distributed.is_scheduler():
+        from .ascend import apply_precision_mode
+        apply_precision_mode(cfg["amp_level"], info["device_target"], log=log)  # Ascend only; before any graph
         env_rank, env_local_rank = distributed.pre_init_ranks()
         stage = modelarts.Stage.from_config(cfg, rank=env_rank, local_rank=env_local_rank, log=log)
         if stage is not None:

@@ -144,7 +144,7 @@ def _apply_update(grads, optimizer, ema, grad_clip):
 
 
 def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None, jit=True,
-                    loss_scaler=None, loss_reducer=None):
+                    loss_scaler=None, loss_reducer=None, flag_reducer=None):
     """step(x0, t, noise) -> loss: gradients, reduce, clip, update, EMA, in one graph.
 
     loss_reducer: averages the loss over ranks (data parallel), for logging only.
@@ -181,6 +181,8 @@ def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None,
         if loss_reducer is not None:
             loss = loss_reducer(loss)
         finite = all_finite(grads)
+        if flag_reducer is not None:  # every rank skips or applies the same step
+            finite = flag_reducer(finite)
         loss_scaler.adjust(finite)
         if finite:
             loss = ops.depend(loss, _apply_update(grads, optimizer, ema, grad_clip))
@@ -190,7 +192,7 @@ def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None,
 
 
 def make_accum_steps(loss_cell, optimizer, ema, accum, grad_clip=0.0, grad_reducer=None, jit=True,
-                     loss_scaler=None, loss_reducer=None):
+                     loss_scaler=None, loss_reducer=None, flag_reducer=None):
     """Gradient accumulation: micro(x0, t, noise) -> loss adds grads; apply() updates.
 
     With ``loss_scaler`` the micro-steps add unscaled gradients and apply() returns whether
@@ -225,6 +227,8 @@ def make_accum_steps(loss_cell, optimizer, ema, accum, grad_clip=0.0, grad_reduc
         if grad_reducer is not None:
             grads = grad_reducer(grads)
         finite = all_finite(grads)
+        if flag_reducer is not None:
+            finite = flag_reducer(finite)
         loss_scaler.adjust(finite)
         if finite:
             finite = ops.depend(finite, _apply_update(grads, optimizer, ema, grad_clip))
@@ -233,6 +237,13 @@ def make_accum_steps(loss_cell, optimizer, ema, accum, grad_clip=0.0, grad_reduc
     if loss_scaler is not None:
         apply = amp_apply
     return (ms.jit(micro), ms.jit(apply)) if jit else (micro, apply)
+
+
+def _clear_overflow_status(x):
+    """On the float-status path (910A; 910B in saturation mode) ``all_finite`` reads *and clears*
+    the NPU's global overflow register; called (on any small tensor) before a step, it drops what
+    earlier graphs (previews, sampling, the last update) left there. Elsewhere a cheap no-op check."""
+    return all_finite((x,))
 
 
 def make_loss_scaler(cfg):
@@ -349,15 +360,27 @@ class Trainer:
         loss_reducer = self.comm.loss_reducer() if self.comm is not None and self.world > 1 else None
         self.loss_scaler = make_loss_scaler(cfg) if self.amp else None
         jit = resolve_mode(cfg["mode"], ms.get_context("device_target"))[0] == "graph"
+        flag_reducer, self._clear_status = None, None
+        if self.amp:  # how this device detects overflow (ddpm_ms/ascend.py)
+            from .ascend import chip, overflow_check
+            device = ms.get_context("device_target")
+            self.overflow_check = overflow_check(device, chip(device), os.environ, self.world)
+            self.log(f"loss scaling: overflow check {self.overflow_check.method} ({self.overflow_check.why})")
+            if self.overflow_check.reduce_flag and self.comm is not None:
+                flag_reducer = self.comm.finite_reducer()
+            if self.overflow_check.clear_first:
+                self._clear_status = ms.jit(_clear_overflow_status) if jit else _clear_overflow_status
+                self._status_probe = Tensor(np.zeros((1,), np.float32))
         self.net.set_train(True)
         if cfg["grad_accum"] > 1:
             self.micro_step, self.apply_step = make_accum_steps(
                 self.loss_cell, self.optimizer, self.ema, cfg["grad_accum"], cfg["grad_clip"], reducer, jit,
-                loss_scaler=self.loss_scaler, loss_reducer=loss_reducer)
+                loss_scaler=self.loss_scaler, loss_reducer=loss_reducer, flag_reducer=flag_reducer)
         else:
             self.train_step = make_train_step(self.loss_cell, self.optimizer, self.ema,
                                               cfg["grad_clip"], reducer, jit,
-                                              loss_scaler=self.loss_scaler, loss_reducer=loss_reducer)
+                                              loss_scaler=self.loss_scaler, loss_reducer=loss_reducer,
+                                              flag_reducer=flag_reducer)
 
     def state_tensors(self):
         """(name, tensor) pairs of everything a resume needs."""
@@ -507,6 +530,8 @@ class Trainer:
         """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss tensor
         (amp: a tuple (loss, finite) where finite False means the step was skipped)."""
         cfg = self.cfg
+        if self._clear_status is not None:  # float-status path: count only this step's overflows
+            self._clear_status(self._status_probe)
         if self.sink:
             return self._sink_step()
         draws = [draw_t_noise(cfg["seed"], self.step, m, x0.shape, cfg["timesteps"], self.rank, self.world)
