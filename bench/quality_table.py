@@ -4,7 +4,17 @@
         --data_dir data/fashion-mnist --num_samples 2000 \
         --rows ddim10:0 ddim10:1 ddim20:0 ddim20:1 ddim50:0 ddim50:1 ddim100:0 ddim100:1 ddpm
 
-Each row ``ddimS:ETA`` (or ``ddpm``, all T steps) draws ``--num_samples`` images from the
+Quality against network calls (one figure, one table): DDIM eta 0, DDIM eta 1 and
+DPM-Solver++(2M) at each call count, 1,000 samples per cell, plus DDPM-1000 at 500 samples:
+
+    python bench/quality_table.py --ckpt runs/fashion_mnist/latest.ckpt \
+        --data_dir data/fashion-mnist --calls 5 10 20 50 100 --ddpm_samples 500
+
+writes ``<out>/calls.md`` and ``<out>/calls.png`` (FID and KID against calls) besides the
+files below. Every sampler makes one network call per step.
+
+Each row ``ddimS:ETA``, ``dpmpp2mS`` (DPM-Solver++(2M), S steps) or ``ddpm`` (all T steps)
+draws ``--num_samples`` images from the
 checkpoint's EMA weights with the same seed (so every row starts from the same x_T), writes
 them to ``<out>/<row>/samples.npz``, and scores them against the Fashion-MNIST test split
 with ``ddpm_ms.evaluate``'s metrics on the project's classifier features (FID, KID,
@@ -36,15 +46,85 @@ import numpy as np  # noqa: E402
 
 
 def parse_row(text):
-    """'ddim50:0' -> ('ddim', 50, 0.0); 'ddpm' -> ('ddpm', None, 1.0); 'real' -> ('real', None, None)."""
+    """'ddim50:0' -> ('ddim', 50, 0.0); 'dpmpp2m10' -> ('dpmpp2m', 10, None);
+    'ddpm' -> ('ddpm', None, 1.0); 'real' -> ('real', None, None)."""
     if text in ("ddpm", "real"):
         return text, None, (1.0 if text == "ddpm" else None)
     try:
+        if text.startswith("dpmpp2m"):
+            steps = int(text[len("dpmpp2m"):])
+            assert steps >= 1
+            return "dpmpp2m", steps, None
         head, eta = text.split(":")
         assert head.startswith("ddim")
         return "ddim", int(head[4:]), float(eta)
     except (ValueError, AssertionError):
-        raise SystemExit(f"error: bad row {text!r}; use ddimSTEPS:ETA (e.g. ddim50:0), ddpm or real") from None
+        raise SystemExit(f"error: bad row {text!r}; use ddimSTEPS:ETA (e.g. ddim50:0), dpmpp2mSTEPS "
+                         "(e.g. dpmpp2m10), ddpm or real") from None
+
+
+def calls_rows(calls):
+    """The rows of the quality-against-calls mode: DDIM eta 0, DDIM eta 1, DPM-Solver++(2M)."""
+    return [row for n in calls for row in (f"ddim{n}:0", f"ddim{n}:1", f"dpmpp2m{n}")]
+
+
+def series(r):
+    """The line a result belongs to in the calls figure and table."""
+    if r["sampler"] == "dpmpp2m":
+        return "DPM-Solver++(2M)"
+    if r["sampler"] == "ddpm":
+        return "DDPM"
+    return f"DDIM eta {r['eta']:g}"
+
+
+def render_calls(results, calls, meta):
+    """Markdown: one row per sampler, one column per network-call count, cells 'FID / KID'."""
+    gen = [r for r in results.values() if r["sampler"] in ("ddim", "dpmpp2m", "ddpm")
+           and (r["steps"] in calls or r["sampler"] == "ddpm")]
+    names = sorted({series(r) for r in gen} - {"DDPM"})
+    lines = [f"Checkpoint `{meta['ckpt']}` (step {meta['step']}, EMA weights) against "
+             f"{meta['num_ref']} Fashion-MNIST test images, classifier features (sha256 "
+             f"{meta['sha256'][:12]}). Every cell starts from the same x_T (seed {meta['seed']}: "
+             "image k of every row has the same x_T). Cells: FID / KID (lower is better); "
+             "`-` = not run; n = samples per cell. Compare FID only at equal n.", "",
+             "| sampler \\ network calls | n | " + " | ".join(str(c) for c in calls) + " |",
+             "|---|--:|" + "--:|" * len(calls)]
+    for name in names:
+        mine = [r for r in gen if series(r) == name]
+        ns = sorted({r["num_samples"] for r in mine})
+        cells = []
+        for c in calls:
+            hit = [r for r in mine if r["steps"] == c]
+            cells.append(f"{hit[0]['fid']:.2f} / {hit[0]['kid_mean']:.4f}" if hit else "-")
+        lines.append(f"| {name} | {'/'.join(map(str, ns))} | " + " | ".join(cells) + " |")
+    for r in (r for r in gen if r["sampler"] == "ddpm"):
+        lines += ["", f"DDPM ({r['steps']} calls, n = {r['num_samples']}): FID {r['fid']:.2f} / "
+                      f"KID {r['kid_mean']:.4f}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_calls(results, calls, path):
+    """FID and KID against network calls (log x), one line per sampler; DDPM as a marker."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    gen = [r for r in results.values() if r["sampler"] in ("ddim", "dpmpp2m", "ddpm")
+           and (r["steps"] in calls or r["sampler"] == "ddpm")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "fid", "FID (classifier features)"), (axes[1], "kid_mean", "KID")):
+        for name in sorted({series(r) for r in gen}):
+            mine = sorted((r for r in gen if series(r) == name), key=lambda r: r["steps"])
+            style = "*" if name == "DDPM" else "o-"
+            ax.plot([r["steps"] for r in mine], [r[key] for r in mine], style, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("network calls")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def load_results(path):
@@ -60,7 +140,7 @@ def load_results(path):
 
 def render(results, timesteps, meta):
     """Markdown: a FID grid (eta x steps) and a full per-row table."""
-    gen = [r for r in results.values() if r["sampler"] != "real"]
+    gen = [r for r in results.values() if r["sampler"] in ("ddim", "ddpm")]
     steps = sorted({r["steps"] for r in gen})
     etas = sorted({r["eta"] for r in gen})
     lines = [f"Checkpoint `{meta['ckpt']}` (step {meta['step']}, EMA weights), "
@@ -95,14 +175,26 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True)
     p.add_argument("--data_dir", default="data/fashion-mnist")
-    p.add_argument("--rows", nargs="+", default=["ddim10:0", "ddim10:1", "ddim20:0", "ddim20:1"])
-    p.add_argument("--num_samples", type=int, default=2000)
+    p.add_argument("--rows", nargs="+", default=None,
+                   help="default: ddim10:0 ddim10:1 ddim20:0 ddim20:1 (none with --calls)")
+    p.add_argument("--calls", nargs="+", type=int, default=None,
+                   help="quality against network calls: rows ddimN:0 ddimN:1 dpmpp2mN for each N; "
+                        "writes calls.md and calls.png")
+    p.add_argument("--ddpm_samples", type=int, default=0,
+                   help="with --calls: also a DDPM-1000 row with this many samples (e.g. 500)")
+    p.add_argument("--num_samples", type=int, default=None, help="default 2000; 1000 with --calls")
     p.add_argument("--batch_size", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="default: <ckpt folder>/quality")
     p.add_argument("--classifier", default=None)
     args = p.parse_args(argv)
-    rows = [(r,) + parse_row(r) for r in args.rows]
+    if args.num_samples is None:
+        args.num_samples = 1000 if args.calls else 2000
+    names = (args.rows or ([] if args.calls else ["ddim10:0", "ddim10:1", "ddim20:0", "ddim20:1"]))
+    names = names + (calls_rows(args.calls) if args.calls else [])
+    rows = [(r,) + parse_row(r) + (args.num_samples,) for r in names]
+    if args.calls and args.ddpm_samples:
+        rows.append(("ddpm",) + parse_row("ddpm") + (args.ddpm_samples,))
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "quality")
     os.makedirs(out, exist_ok=True)
 
@@ -123,25 +215,25 @@ def main(argv=None):
     results_path = os.path.join(out, "results.jsonl")
     results = load_results(results_path)
     info = dict(ckpt=os.path.abspath(args.ckpt), step=int(meta["step"]), num_samples=args.num_samples,
-                num_ref=len(test), sha256=clf_info["sha256"])
+                num_ref=len(test), sha256=clf_info["sha256"], seed=args.seed)
 
-    for name, sampler, steps, eta in rows:
+    for name, sampler, steps, eta, num_samples in rows:
         row_dir = os.path.join(out, name.replace(":", "_eta"))
         npz = os.path.join(row_dir, "samples.npz")
         secs = None
         if sampler == "real":
             train, _ = load_fashion_mnist(args.data_dir, "train")
-            pick = np.random.default_rng(args.seed).choice(len(train), args.num_samples, replace=False)
+            pick = np.random.default_rng(args.seed).choice(len(train), num_samples, replace=False)
             u8 = train[np.sort(pick)][..., None]
-        elif os.path.isfile(npz) and len(np.load(npz)["images"]) >= args.num_samples:
-            u8 = np.load(npz)["images"][:args.num_samples]
+        elif os.path.isfile(npz) and len(np.load(npz)["images"]) >= num_samples:
+            u8 = np.load(npz)["images"][:num_samples]
             secs = results.get(name, {}).get("sample_seconds")
         else:
-            opts = sampling_options(cfg, sampler, steps, eta)
-            print(f"[quality] {name}: {args.num_samples} samples, {opts['sampler']} "
-                  f"{opts['num_steps']} steps, eta {opts['eta']:g}", flush=True)
+            opts = sampling_options(cfg, sampler, steps, eta if sampler == "ddim" else None)
+            print(f"[quality] {name}: {num_samples} samples, {opts['sampler']} {opts['num_steps']} steps"
+                  + ("" if opts["eta"] is None else f", eta {opts['eta']:g}"), flush=True)
             t0 = time.time()
-            images = sample(net, schedule, args.num_samples, image_shape(cfg), batch_size=args.batch_size,
+            images = sample(net, schedule, num_samples, image_shape(cfg), batch_size=args.batch_size,
                             seed=args.seed, **opts)
             secs = time.time() - t0
             u8 = to_uint8(images)
@@ -157,10 +249,14 @@ def main(argv=None):
         os.replace(results_path + ".tmp", results_path)
         with open(os.path.join(out, "table.md"), "w") as f:
             f.write(render(results, cfg["timesteps"], info))
+        if args.calls:
+            with open(os.path.join(out, "calls.md"), "w") as f:
+                f.write(render_calls(results, args.calls, info))
+            plot_calls(results, args.calls, os.path.join(out, "calls.png"))
         print(f"[quality] {name}: FID {m['fid']:.2f}, KID {m['kid_mean']:.4f}, precision "
               f"{m['precision']:.3f}, recall {m['recall']:.3f}"
               + (f", {secs:.0f} s sampling" if secs else ""), flush=True)
-    print(open(os.path.join(out, "table.md")).read())
+    print(open(os.path.join(out, "calls.md" if args.calls else "table.md")).read())
     return 0
 
 

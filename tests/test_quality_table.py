@@ -2,6 +2,7 @@
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -16,7 +17,9 @@ def test_parse_row():
     assert qt.parse_row("ddim10:0.5") == ("ddim", 10, 0.5)
     assert qt.parse_row("ddpm") == ("ddpm", None, 1.0)
     assert qt.parse_row("real") == ("real", None, None)
-    for bad in ("ddim50", "dim50:0", "ddimX:1", "ddim10:abc"):
+    assert qt.parse_row("dpmpp2m10") == ("dpmpp2m", 10, None)
+    for bad in ("ddim50", "dim50:0", "ddimX:1", "ddim10:abc", "dpmpp2m", "dpmpp2mX", "dpmpp2m0",
+                "dpmpp2m10:0"):
         with pytest.raises(SystemExit, match="bad row"):
             qt.parse_row(bad)
 
@@ -58,3 +61,45 @@ def test_render_grid_places_each_fid_in_its_cell():
     assert next(line for line in lines if line.startswith("| real |")).endswith("| - | - |")
     # real row comes last in the per-row table
     assert [line.split("|")[1].strip() for line in lines if line.startswith("| ")][-1] == "real"
+
+
+def _calls_results():
+    """A fake result set: FID falls with calls, DPM-Solver++ best, DDIM eta 1 worst; one DDPM row."""
+    rows = []
+    for n in (5, 10, 20):
+        rows += [_row(f"ddim{n}:0", "ddim", n, 0.0, 100.0 / n, n=1000),
+                 _row(f"ddim{n}:1", "ddim", n, 1.0, 200.0 / n, n=1000),
+                 _row(f"dpmpp2m{n}", "dpmpp2m", n, None, 50.0 / n, n=1000)]
+    rows.append(_row("ddpm", "ddpm", 1000, 1.0, 3.5, n=500))
+    rows.append(_row("real", "real", None, None, 0.75))
+    rows.append(_row("ddim50:0", "ddim", 50, 0.0, 1.0))         # a table-1 row outside the calls asked for
+    return {r["row"]: r for r in rows}
+
+
+def test_calls_rows():
+    assert qt.calls_rows([5, 10]) == ["ddim5:0", "ddim5:1", "dpmpp2m5", "ddim10:0", "ddim10:1", "dpmpp2m10"]
+    assert [qt.parse_row(r)[0] for r in qt.calls_rows([5])] == ["ddim", "ddim", "dpmpp2m"]
+
+
+def test_render_calls_places_fid_and_kid_by_sampler_and_calls():
+    meta = dict(ckpt="x.ckpt", step=1300, num_samples=1000, num_ref=10000, sha256="cd" * 32, seed=0)
+    lines = qt.render_calls(_calls_results(), [5, 10, 20, 100], meta).splitlines()
+    assert "| sampler \\ network calls | n | 5 | 10 | 20 | 100 |" in lines
+    assert "| DDIM eta 0 | 1000 | 20.00 / 0.0100 | 10.00 / 0.0100 | 5.00 / 0.0100 | - |" in lines
+    assert "| DDIM eta 1 | 1000 | 40.00 / 0.0100 | 20.00 / 0.0100 | 10.00 / 0.0100 | - |" in lines
+    assert "| DPM-Solver++(2M) | 1000 | 10.00 / 0.0100 | 5.00 / 0.0100 | 2.50 / 0.0100 | - |" in lines
+    assert "DDPM (1000 calls, n = 500): FID 3.50 / KID 0.0100." in lines
+    assert not any("real" in line.split("|")[1] for line in lines if line.startswith("| "))
+    assert "same x_T" in lines[0]
+    # the Table-1 render still works with DPM-Solver++ rows in the results (no eta)
+    table = qt.render(_calls_results(), 1000, meta)
+    assert "| dpmpp2m10 | dpmpp2m | 10 | - | 5.00 |" in table
+
+
+def test_plot_calls_writes_a_figure(tmp_path):
+    from PIL import Image
+    path = qt.plot_calls(_calls_results(), [5, 10, 20], str(tmp_path / "calls.png"))
+    with Image.open(path) as img:
+        assert img.size == (1000, 400)
+        pixels = np.asarray(img.convert("RGB"))
+    assert pixels.std() > 10      # not blank: axes, three lines and a marker
