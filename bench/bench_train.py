@@ -65,7 +65,7 @@ def _setup_mindspore(spec):
     os.environ.setdefault("GLOG_v", "3")
     if spec.get("settings", "ours") == "ours":
         from ddpm_ms.cpu_env import apply_cpu_env
-        apply_cpu_env(verbose=False)
+        apply_cpu_env(verbose=False, matmul_convs=spec.get("conv_impl", "auto") in ("auto", "matmul"))
         import mindspore as ms
         from ddpm_ms.device import setup_device
         setup_device("CPU", spec.get("mode", "pynative"), verbose=False)
@@ -89,7 +89,8 @@ def build_trainer(spec):
     from ddpm_ms.config import resolve
     from ddpm_ms.trainer import Trainer
     values = dict(TUTORIAL_UNET, batch_size=spec["batch"], mode=spec.get("mode", "graph"),
-                  device_target="CPU", max_steps=10_000, seed=0)
+                  device_target="CPU", max_steps=10_000, seed=0, conv_impl=spec.get("conv_impl", "auto"))
+    values.update(spec.get("arch", {}))
     values.update(spec.get("cfg", {}))
     cfg = resolve(values)
     trainer = Trainer(cfg, log=lambda *a: None)
@@ -123,7 +124,7 @@ def worker_train(spec):
     step_s = sum(timed) / len(timed)
     return {"img_s": b / step_s, "step_s": step_s, "first_s": times[0], "compile_s": max(times[0] - step_s, 0.0),
             "loss": float(loss.asnumpy()), "rss_mb": _rss_mb(), "threads_in_process": _threads_in_process(),
-            "isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default")}
+            "isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"), "conv_impl": trainer.net.conv_impl}
 
 
 def worker_matmul(spec):
@@ -187,7 +188,7 @@ def worker_flops(spec):
     ms = _setup_mindspore(dict(spec, mode="pynative"))
     import numpy as np
     from ddpm_ms.unet import build_unet, count_params
-    net = build_unet(TUTORIAL_UNET)
+    net = build_unet(dict(TUTORIAL_UNET, **spec.get("arch", {})), conv_impl="native")
     b = 2
     x = ms.Tensor(np.zeros((b, 1, 28, 28), np.float32))
     t = ms.Tensor(np.zeros((b,), np.int32))
@@ -202,7 +203,7 @@ def worker_sample(spec):
     from ddpm_ms.sampling import sample
     from ddpm_ms.schedule import NoiseSchedule
     from ddpm_ms.unet import build_unet
-    net = build_unet(TUTORIAL_UNET)
+    net = build_unet(dict(TUTORIAL_UNET, **spec.get("arch", {})), conv_impl=spec.get("conv_impl", "auto"))
     sched = NoiseSchedule("linear", 1000)
     n, steps = spec["batch"], spec.get("sample_steps", 50)
     t0 = time.perf_counter()
@@ -321,34 +322,45 @@ def run_case(spec, timeout, peer_python=PEER_PYTHON):
     return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
 
 
+# The CPU-fast candidate of issue 15: ResNet blocks (no depthwise conv), 4 GroupNorm groups.
+RESNET_ARCH = {"use_convnext": False, "resnet_block_groups": 4}
+VARIANTS = {   # name -> (conv_impl, arch overrides, extra spec)
+    "native": ("native", {}, {}),            # MindSpore's conv kernels, oneDNN capped at AVX2
+    "matmul": ("matmul", {}, {}),            # ddpm_ms.convs, oneDNN uncapped
+    "matmul_o1": ("matmul", {}, {"jit_level": "O1"}),
+    "resnet": ("matmul", RESNET_ARCH, {}),   # ResNet-block U-Net, matmul convs
+}
+
+
 def cases(args):
-    """name -> spec, in run order."""
+    """name -> spec, in run order: per batch and thread count, each variant and the peer."""
     out = {}
-    batches = [16] if args.quick else [16, 128]
-    for b in batches:
-        s, w = (args.steps * 2, args.warmup) if b == 16 else (args.steps, args.warmup)
-        # the tutorial's way crawls (about a minute a step at batch 16): PYNATIVE has nothing to
-        # compile, so one warm-up step at batch 16 and none at batch 128
-        out[f"tutorial_b{b}"] = dict(kind="train", settings="default", mode="pynative", batch=b,
-                                     warmup=1 if b == 16 else 0, steps=args.tutorial_steps)
-        out[f"pyn_b{b}"] = dict(kind="train", mode="pynative", batch=b, warmup=1, steps=s)
-        out[f"graph_b{b}"] = dict(kind="train", mode="graph", batch=b, warmup=w, steps=s)
-        out[f"graph_o1_b{b}"] = dict(kind="train", mode="graph", batch=b, warmup=w, steps=s, jit_level="O1")
-        out[f"peer_b{b}"] = dict(kind="peer_train", batch=b, warmup=w, steps=s, threads=args.peer_threads)
-        if b == 16 or args.ablations128:
-            # one setting changed at a time from graph_b*: no ISA cap; 1 / 25 threads
-            out[f"nocap_graph_b{b}"] = dict(kind="train", mode="graph", batch=b, isa="nocap", warmup=1,
-                                            steps=1)
-            out[f"t1_graph_b{b}"] = dict(kind="train", mode="graph", batch=b, threads=1, warmup=w, steps=s)
-            out[f"t25_graph_b{b}"] = dict(kind="train", mode="graph", batch=b, threads=25, warmup=w, steps=s)
-    out["matmul"] = dict(kind="matmul", n=2048)
-    out["peer_matmul"] = dict(kind="peer_matmul", n=2048, threads=args.peer_threads)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; choose from {sorted(VARIANTS)}")
+    for b in args.batches:
+        for th in args.threads:
+            sfx = f"b{b}_t{th}"
+            for v in variants:
+                impl, arch, extra = VARIANTS[v]
+                out[f"{v}_{sfx}"] = dict(kind="train", mode="graph", batch=b, threads=th, conv_impl=impl,
+                                         arch=arch, warmup=args.warmup, steps=args.steps, **extra)
+            out[f"peer_{sfx}"] = dict(kind="peer_train", batch=b, warmup=args.warmup, steps=args.steps,
+                                      threads=th)
+    out["matmul"] = dict(kind="matmul", n=2048, conv_impl="matmul")
+    out["peer_matmul"] = dict(kind="peer_matmul", n=2048, threads=args.threads[-1])
     out["flops"] = dict(kind="flops")
+    out["flops_resnet"] = dict(kind="flops", arch=RESNET_ARCH)
     out["peer_flops"] = dict(kind="peer_flops")
     if not args.no_sample:
-        out["sample_ddim50"] = dict(kind="sample", batch=64, sample_steps=50)
-        out["peer_sample_ddim50"] = dict(kind="peer_sample", batch=64, sample_steps=50,
-                                         threads=args.peer_threads)
+        for th in args.threads:
+            for v in ("native", "matmul", "resnet"):
+                if v in variants:
+                    impl, arch, _ = VARIANTS[v]
+                    out[f"sample_{v}_t{th}"] = dict(kind="sample", batch=64, sample_steps=50, threads=th,
+                                                    conv_impl=impl, arch=arch)
+            out[f"peer_sample_t{th}"] = dict(kind="peer_sample", batch=64, sample_steps=50, threads=th)
     return out
 
 
@@ -373,12 +385,16 @@ def versions():
     return out
 
 
+def _fwd_flops(results, name):
+    """Forward GFLOP per image of the network a case ran."""
+    if name.startswith("peer"):
+        return results.get("peer_flops", {}).get("fwd_gflop_per_image")
+    key = "flops_resnet" if "resnet" in name else "flops"
+    return results.get(key, {}).get("fwd_gflop_per_image")
+
+
 def report(results, args):
-    """Markdown table + ratios against the issue's targets."""
-    flops = results.get("flops", {})
-    peer_flops = results.get("peer_flops", {})
-    fwd = flops.get("fwd_gflop_per_image")
-    peer_fwd = peer_flops.get("fwd_gflop_per_image")
+    """Markdown table + ratios against issue 15's targets."""
     peak = results.get("matmul", {}).get("ms_gflops")
     lines = ["| case | images/s | step s | first step s | peak RSS MB | GFLOP/s | % of MS matmul peak | note |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -388,51 +404,69 @@ def report(results, args):
         if "error" in r:
             lines.append(f"| {name} | - | - | - | - | - | - | {r['error']} |")
             continue
-        per_img = peer_fwd if name.startswith("peer") else fwd
+        per_img = _fwd_flops(results, name)
         # training ~= forward + 2x forward for the backward; sampling = one forward per step
-        factor = r.get("sample_steps", 50) if "sample" in name else 3
+        factor = 50 if "sample" in name else 3
         gfs = r["img_s"] * factor * per_img if per_img else None
         note = r.get("note", "")
         if "threads_in_process" in r:
-            note = f"{r['threads_in_process']} OS threads, ISA {r.get('isa')}"
+            note = f"{r.get('conv_impl')} convs, ISA {r.get('isa')}, {r['threads_in_process']} OS threads"
         lines.append(f"| {name} | {r['img_s']:.1f} | {r.get('step_s', 0):.3f} | {r.get('first_s', 0):.1f} | "
                      f"{r.get('rss_mb', 0):.0f} | {gfs or 0:.1f} | {100 * gfs / peak if gfs and peak else 0:.1f} | "
                      f"{note} |")
     text = "\n".join(lines)
     extra = []
-    if fwd and peer_fwd:
-        extra.append(f"forward GFLOP/image: ours {fwd:.3f} ({flops.get('params'):,} params), "
-                     f"peer {peer_fwd:.3f} ({peer_flops.get('params'):,} params); ratio {fwd / peer_fwd:.2f}")
+    for key in ("flops", "flops_resnet", "peer_flops"):
+        f = results.get(key, {})
+        if f.get("fwd_gflop_per_image"):
+            extra.append(f"{key}: forward {f['fwd_gflop_per_image']:.3f} GFLOP/image, {f.get('params', 0):,} params")
     if peak:
         torch_peak = results.get("peer_matmul", {}).get("torch_gflops")
-        extra.append(f"fp32 matmul 2048^2 in this run: MindSpore {peak:.0f} GFLOP/s (its oneDNN, ISA as "
-                     f"our settings), numpy {results['matmul'].get('numpy_gflops', 0):.0f}"
-                     + (f", torch {torch_peak:.0f}" if torch_peak else ""))
-    for b in (16, 128):
-        best = max((results.get(f"{m}_b{b}", {}).get("img_s") or 0, m) for m in ("pyn", "graph", "graph_o1"))
-        tut = results.get(f"tutorial_b{b}", {}).get("img_s")
-        peer = results.get(f"peer_b{b}", {}).get("img_s")
-        if best[0] and tut:
-            extra.append(f"batch {b}: best ours ({best[1]}) / tutorial way = {best[0] / tut:.1f}x (target >= 3x)")
-        if best[0] and peer and fwd and peer_fwd:
-            extra.append(f"batch {b}: ours / peer at equal FLOPs = {best[0] * fwd / (peer * peer_fwd):.2f} "
-                         f"(raw images/s ratio {best[0] / peer:.2f}; target >= 0.5)")
+        extra.append(f"fp32 matmul 2048^2 in this run: MindSpore {peak:.0f} GFLOP/s (uncapped), numpy "
+                     f"{results['matmul'].get('numpy_gflops', 0):.0f}" + (f", torch {torch_peak:.0f}" if torch_peak else ""))
+
+    def img_s(name):
+        return results.get(name, {}).get("img_s")
+
+    for b in args.batches:
+        for th in args.threads:
+            sfx = f"b{b}_t{th}"
+            peer, native = img_s(f"peer_{sfx}"), img_s(f"native_{sfx}")
+            for v in VARIANTS:
+                mine = img_s(f"{v}_{sfx}")
+                if not mine:
+                    continue
+                parts = []
+                if native and v != "native":
+                    parts.append(f"{mine / native:.2f}x native")
+                fo, fp = _fwd_flops(results, v), _fwd_flops(results, "peer")
+                if peer and fo and fp:
+                    parts.append(f"{mine / peer:.2f}x the peer's images/s, {mine * fo / (peer * fp):.2f}x at equal FLOPs")
+                extra.append(f"{sfx} {v}: " + "; ".join(parts))
+    for th in args.threads:
+        peer = img_s(f"peer_sample_t{th}")
+        for v in ("native", "matmul", "resnet"):
+            mine = img_s(f"sample_{v}_t{th}")
+            if mine and peer:
+                extra.append(f"DDIM-50 t{th} {v}: {mine / peer:.2f}x the peer's images/s")
     return text + "\n\n" + "\n".join(f"- {e}" for e in extra)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--quick", action="store_true", help="batch 16 only")
+    p.add_argument("--batches", type=lambda v: [int(x) for x in v.split(",")], default=[32, 128],
+                   help="comma-separated batch sizes [default: 32,128]")
+    p.add_argument("--threads", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2],
+                   help="comma-separated thread counts, ours and the peer's alike [default: 1,2]")
+    p.add_argument("--variants", default="native,matmul,resnet",
+                   help=f"comma-separated, from {sorted(VARIANTS)} [default: native,matmul,resnet]")
     p.add_argument("--only", default="", help="comma-separated case names")
     p.add_argument("--list", action="store_true", help="print the case names and exit")
-    p.add_argument("--steps", type=int, default=3, help="timed steps at batch 128 (2x at batch 16)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per case")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiles)")
-    p.add_argument("--tutorial_steps", type=int, default=1, help="timed steps of the tutorial way")
-    p.add_argument("--peer_threads", type=int, default=2)
     p.add_argument("--peer_python", default=PEER_PYTHON, help="python of the venv with the PyTorch peer")
     p.add_argument("--no_sample", action="store_true", help="skip the DDIM-50 sampling cases")
-    p.add_argument("--ablations128", action="store_true", help="also run the ISA / thread ablations at batch 128")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per case")
     p.add_argument("--out", default="", help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -448,7 +482,7 @@ def main(argv=None):
         unknown = [n for n in names if n not in todo]
         if unknown:
             p.error(f"unknown case(s) {unknown}; --list shows them")
-        keep = set(names) | {"flops", "peer_flops", "matmul", "peer_matmul"}
+        keep = set(names) | {"flops", "flops_resnet", "peer_flops", "matmul", "peer_matmul"}
         todo = {k: v for k, v in todo.items() if k in keep}
     header = (f"date {datetime.datetime.now().isoformat(timespec='seconds')}; machine {machine()}; "
               f"load before {os.getloadavg()[0]:.2f}; {versions()}")

@@ -36,8 +36,16 @@ class MatmulConv2d(nn.Conv2d):
     * group 1: cols = unfold(x) [B, C_in*k*k, L] (channel-major, the weight's flat order);
       y = W [C_out, C_in*k*k] @ cols, the weight broadcast over the batch (one BatchMatMul:
       measured faster than a 2-D @ 3-D matmul or one big GEMM over B*L, BENCHMARKS.md).
-    * group g > 1 (the depthwise 7x7 of ConvNeXt is g = C_in = C_out): cols viewed as
-      [B, g, C_in/g*k*k, L], weight as [g, C_out/g, C_in/g*k*k]; one broadcast matmul per group.
+    * depthwise (g = C_in = C_out, stride 1, "same" padding; ConvNeXt's 7x7): a full unfold would copy the input
+      k*k = 49 times for a conv of almost no FLOPs, so the work is split by kernel row and
+      column instead. cols = unfold(x, (kh, 1)) [B, C, kh, L] (x shifted by each kernel row);
+      P = W' [C, kw, kh] @ cols [B, C, kw, L], where P_j sums the rows' taps of kernel column
+      j; then ``fold`` with a (1, kw) kernel adds each P_j into the output shifted by column j.
+      W' is W [C, kh, kw] transposed, its columns reversed, because fold writes column l of
+      the block at offset j to w = l + j - pad (a scatter), while the conv gathers from
+      w + j - pad. Two kh- and kw-fold copies instead of kh*kw: 4-5x faster (BENCHMARKS.md).
+    * other groups g > 1: cols viewed as [B, g, C_in/g*k*k, L], weight as
+      [g, C_out/g, C_in/g*k*k]; one broadcast matmul per group.
     """
 
     def __init__(self, *args, **kwargs):
@@ -55,8 +63,14 @@ class MatmulConv2d(nn.Conv2d):
         self.ph, self.pw = top, left
         self.pointwise = (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
         self.k_flat = (self.in_channels // self.group) * self.kh * self.kw
+        # the row/column split below needs stride 1 and "same" padding (2 * pad = k - 1)
+        self.depthwise = (self.group == self.in_channels == self.out_channels and self.group > 1
+                          and (self.sh, self.sw) == (1, 1) and 2 * self.ph == self.kh - 1
+                          and 2 * self.pw == self.kw - 1)
 
     def construct(self, x):
+        if self.depthwise:
+            return self._depthwise(x)
         b, _, h, w = x.shape
         h_out = (h + 2 * self.ph - self.kh) // self.sh + 1
         w_out = (w + 2 * self.pw - self.kw) // self.sw + 1
@@ -75,6 +89,19 @@ class MatmulConv2d(nn.Conv2d):
             cols = cols.reshape(b, g, self.k_flat, h_out * w_out)
             y = ops.matmul(weight.reshape(g, self.out_channels // g, self.k_flat), cols)
         y = y.reshape(b, self.out_channels, h_out, w_out)
+        if self.has_bias:
+            y = y + self.bias.astype(y.dtype).reshape(1, -1, 1, 1)
+        return y
+
+    def _depthwise(self, x):
+        b, c, h, w = x.shape                        # "same" padding: the output is [B, C, H, W]
+        rows = ops.unfold(x, (self.kh, 1), dilation=1, padding=(self.ph, 0), stride=1)   # [B, C*kh, H*W]
+        rows = rows.reshape(b, c, self.kh, h * w)
+        weight = self.weight.astype(x.dtype).reshape(c, self.kh, self.kw)
+        weight = ops.flip(weight, (2,)).transpose(0, 2, 1)                              # [C, kw (rev), kh]
+        cols = ops.matmul(weight, rows)                                                  # [B, C, kw, H*W]
+        y = ops.fold(cols.reshape(b, c * self.kw, h * w), ms.Tensor((h, w), ms.int32),
+                     (1, self.kw), dilation=1, padding=(0, self.pw), stride=1)
         if self.has_bias:
             y = y + self.bias.astype(y.dtype).reshape(1, -1, 1, 1)
         return y

@@ -17,7 +17,9 @@ from ddpm_ms.device import resolve_conv_impl
 # (c_in, c_out, kernel, stride, padding, group, has_bias, hw): the U-Nets' conv shapes
 CONV_CASES = {
     "init7x7": (1, 6, 7, 1, 3, 1, True, 12),
-    "depthwise7x7": (5, 5, 7, 1, 3, 5, True, 10),
+    "depthwise7x7": (5, 5, 7, 1, 3, 5, True, 10),          # row/column split path
+    "depthwise3x3_pad0": (4, 4, 3, 1, 0, 4, False, 7),     # not "same": the grouped path
+    "depthwise5x5_s2": (4, 4, 5, 2, 2, 4, True, 9),        # strided: the grouped path
     "conv3x3": (4, 6, 3, 1, 1, 1, True, 9),
     "conv1x1": (6, 4, 1, 1, 0, 1, True, 8),
     "qkv1x1_nobias": (4, 12, 1, 1, 0, 1, False, 7),
@@ -84,10 +86,12 @@ def mode(request):
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 def test_matmul_conv_matches_native_outputs_and_grads(case, mode):
     c_in, c_out, k, s, p, g, bias, hw = CONV_CASES[case]
+    if case == "depthwise7x7":
+        assert MatmulConv2d(c_in, c_out, k, stride=s, pad_mode="pad", padding=p, group=g).depthwise
     native, matmul = _pair(nn.Conv2d, MatmulConv2d, c_in, c_out, k, stride=s, pad_mode="pad", padding=p,
                            group=g, has_bias=bias, bias_init="uniform" if bias else None)
     rng = np.random.default_rng(len(case))
-    x = ms.Tensor(rng.standard_normal((3, c_in, hw, hw)).astype(np.float32))
+    x = ms.Tensor(rng.standard_normal((3, c_in, hw, hw + 3)).astype(np.float32))   # H != W on purpose
     y_n, gx_n, gp_n = _grads(native, x)
     y_m, gx_m, gp_m = _grads(matmul, x)
     w = native.weight.asnumpy()
