@@ -41,6 +41,9 @@ ARCH_KEYS = tuple(UNET_KEYS) + ("image_size", "channels")
 # Checkpoint names of the dynamic loss scaler's state (mixed precision only).
 LOSS_SCALE_VALUE, LOSS_SCALE_COUNTER = "loss_scale.value", "loss_scale.counter"
 LOSS_SCALE_WINDOW = 1000  # finite steps before the scale doubles
+# Data parallel: steps between stop votes (an AllReduce plus a host sync), so a SIGTERM or
+# max_minutes on one rank stops every rank at the same step, at most this many steps later.
+STOP_VOTE_EVERY = 10
 
 
 class TrainingError(RuntimeError):
@@ -334,6 +337,7 @@ class Trainer:
         self._sink_fn = None
         self.step = 0
         self.stop_reason = None
+        self.stop_vote_every = STOP_VOTE_EVERY
 
     # ----------------------------------------------------------------- set-up
     def setup(self, dataset_factory, steps_per_epoch, sink_dataset_factory=None):
@@ -462,8 +466,10 @@ class Trainer:
         loss_sum, loss_count, window_start, window_images = None, 0, time.time(), 0
         applied = None  # amp: number of applied (finite) steps in the window, as a tensor
         images_per_step = cfg["batch_size"] * cfg["grad_accum"] * self.world
+        multi = self.comm is not None and self.world > 1
+        stopping = False  # the stop every rank agreed on (one process: its own stop_reason)
         try:
-            while self.step < self.total_steps and self.stop_reason is None:
+            while self.step < self.total_steps and not stopping and (multi or self.stop_reason is None):
                 epoch = self.step // self.steps_per_epoch
                 skip = (self.step % self.steps_per_epoch) * cfg["grad_accum"]
                 for micro_batches in _groups(self.dataset_factory(epoch, skip), cfg["grad_accum"]):
@@ -478,12 +484,15 @@ class Trainer:
                     loss_count += 1
                     window_images += images_per_step
                     at_end = self.step >= self.total_steps
-                    if cfg["max_minutes"] and (time.time() - start) / 60 >= cfg["max_minutes"]:
+                    if self.stop_reason is None and cfg["max_minutes"] and (time.time() - start) / 60 >= cfg["max_minutes"]:
                         self.stop_reason = f"max_minutes={cfg['max_minutes']} reached"
-                    if self.comm is not None and self.world > 1:  # every rank stops at the same step
-                        if self.comm.any_true(self.stop_reason is not None) and self.stop_reason is None:
+                    if not multi:
+                        stopping = self.stop_reason is not None
+                    elif self.step % self.stop_vote_every == 0 and not at_end:  # same step on every rank
+                        stopping = self.comm.any_true(self.stop_reason is not None)
+                        if stopping and self.stop_reason is None:
                             self.stop_reason = "another rank stopped (signal or max_minutes); saved and exiting"
-                    if self.step % cfg["log_every"] == 0 or at_end or self.stop_reason:
+                    if self.step % cfg["log_every"] == 0 or at_end or stopping:
                         good = loss_count if applied is None else int(round(float(applied.asnumpy())))
                         row = {}
                         if applied is not None:
@@ -509,12 +518,12 @@ class Trainer:
                         loss_sum, loss_count, window_start, window_images = None, 0, time.time(), 0
                         applied = None
                     bar.update(1)
-                    if self.step % cfg["save_every"] == 0 or at_end or self.stop_reason:
+                    if self.step % cfg["save_every"] == 0 or at_end or stopping:
                         self._check_finite()
                         self.save(epoch)
                     if self.is_main and cfg["sample_every"] and self.step % cfg["sample_every"] == 0:
                         self.preview(f"samples_step{self.step:08d}.png")
-                    if at_end or self.stop_reason:
+                    if at_end or stopping:
                         break
         finally:
             bar.close()

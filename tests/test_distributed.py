@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mindspore as ms
+
 from ddpm_ms import checkpoint as ckpt
 from ddpm_ms import distributed
 from ddpm_ms.config import ConfigError, resolve
@@ -102,6 +104,83 @@ def test_sink_dataset_carries_the_host_draws(tiny_folder):
         want_t, want_noise = draw_t_noise(cfg["seed"], step, 0, x0.shape, cfg["timesteps"], rank=1, world=2)
         np.testing.assert_array_equal(t, want_t.asnumpy())
         np.testing.assert_array_equal(noise, want_noise.asnumpy())
+
+
+# ------------------------------------------------------------------ stop votes
+class _Identity(ms.nn.Cell):
+    def construct(self, x):
+        return x
+
+
+class VotingComm:
+    """Rank 0 of 2 with the collectives faked: records the steps at which the stop vote ran;
+    ``others_stop_at``: the vote at that step reports that another rank stopped."""
+    rank, world, local_rank = 0, 2, 0
+
+    def __init__(self, trainer_box, others_stop_at=None):
+        self.box, self.others_stop_at, self.votes = trainer_box, others_stop_at, []
+
+    def grad_reducer(self, params):
+        return _Identity()
+
+    def loss_reducer(self):
+        return _Identity()
+
+    def same_on_all(self, value):
+        return True
+
+    def any_true(self, flag):
+        step = self.box[0].step
+        self.votes.append((step, bool(flag)))
+        return bool(flag) or step == self.others_stop_at
+
+
+def voting_trainer(tmp_path, max_steps, others_stop_at=None, local_stop_at=None):
+    from ddpm_ms.trainer import Trainer
+    cfg = resolve(base=dict(dataset="image_folder", data_dir=str(tmp_path), image_size=8, channels=3, dim=8,
+                            dim_mults=[1, 2], attn_heads=1, attn_head_dim=8, timesteps=50, batch_size=4,
+                            max_steps=max_steps, ema_decay=0, log_every=5, save_every=1000, sample_every=0,
+                            num_preview=2, sample_steps=2, output_dir=str(tmp_path), run_name="run",
+                            device_target="CPU", mode="pynative", seed=3))
+    box = []
+    comm = VotingComm(box, others_stop_at)
+    trainer = Trainer(cfg, log=lambda *_: None, comm=comm)
+    box.append(trainer)
+    x0 = ms.Tensor(np.random.default_rng(0).uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32))
+
+    def batches(epoch, skip):
+        for i in range(skip, 4):  # 4 batches per epoch: votes also cross epoch ends
+            if local_stop_at is not None and trainer.step == local_stop_at:
+                trainer.stop_reason = "SIGTERM received (test)"
+            yield x0
+    trainer.setup(batches, 4)
+    trainer.stop_vote_every = 3
+    trainer.preview = lambda name: None  # not what these tests are about (and slow to compile)
+    return trainer, comm
+
+
+def test_stop_vote_runs_every_n_steps_not_every_step(tmp_path):
+    trainer, comm = voting_trainer(tmp_path, max_steps=9)
+    assert trainer.run() == 9
+    assert comm.votes == [(3, False), (6, False)]  # not at 9: every rank knows the end
+
+
+def test_local_stop_waits_for_the_vote_then_all_stop_together(tmp_path):
+    """A signal on this rank during step 4 (the last of epoch 0) is acted on at the vote at
+    step 6, in the next epoch: the step at which every rank stops and saves."""
+    trainer, comm = voting_trainer(tmp_path, max_steps=100, local_stop_at=3)
+    assert trainer.run() == 6
+    assert comm.votes == [(3, False), (6, True)] and trainer.stop_reason == "SIGTERM received (test)"
+    _, meta = ckpt.load(str(tmp_path / "run" / "latest.ckpt"))
+    assert meta["step"] == 6
+
+
+def test_another_ranks_stop_stops_this_one_at_the_vote(tmp_path):
+    trainer, comm = voting_trainer(tmp_path, max_steps=100, others_stop_at=6)
+    assert trainer.run() == 6
+    assert comm.votes == [(3, False), (6, False)] and trainer.stop_reason.startswith("another rank stopped")
+    _, meta = ckpt.load(str(tmp_path / "run" / "latest.ckpt"))
+    assert meta["step"] == 6
 
 
 # ------------------------------------------------------------------ msrun (slow)
