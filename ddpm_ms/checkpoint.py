@@ -92,6 +92,8 @@ def load(path):
     MindSpore checkpoint, or a checkpoint not written by ddpm_ms.
     """
     import mindspore as ms
+    if path and os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: {folder_hint(path)}")
     if not path or not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -143,13 +145,54 @@ def load_into(named_params, tensors, prefix="", where="checkpoint"):
         p.set_data(value.astype(p.dtype) if value.dtype != p.dtype else value)
 
 
+def folder_hint(folder):
+    """What to pass instead of a folder: its latest.ckpt, else the .ckpt files it holds."""
+    latest = os.path.join(folder, "latest.ckpt")
+    if os.path.isfile(latest):
+        return f"pass {latest}"
+    found = sorted(f for f in os.listdir(folder) if f.endswith(".ckpt"))
+    if not found:
+        return "it holds no .ckpt file"
+    shown = ", ".join(found[-5:]) + (f" (and {len(found) - 5} more)" if len(found) > 5 else "")
+    return f"pass one of the .ckpt files in it: {shown}"
+
+
 def find_resume(resume, run_dir):
-    """Resolve ``--resume``: '' -> None, 'auto' -> run_dir/latest.ckpt if present, else the path."""
+    """Resolve ``--resume``: '' -> None, 'auto' -> run_dir/latest.ckpt if present, else the path.
+
+    (``auto_resume_candidates`` lists every checkpoint 'auto' may fall back to.)
+    """
     if not resume:
         return None
     if resume == "auto":
         latest = os.path.join(run_dir, "latest.ckpt")
         return latest if os.path.isfile(latest) else None
+    if os.path.isdir(resume):
+        raise CheckpointError(f"--resume {resume} is a folder, not a checkpoint file: {folder_hint(resume)}, "
+                              "or --resume auto with its run")
     if not os.path.isfile(resume):
         raise CheckpointError(f"--resume {resume}: no such checkpoint file")
     return resume
+
+
+def auto_resume_candidates(run_dir):
+    """What ``--resume auto`` tries, in order: latest.ckpt, then the step checkpoints newest first."""
+    latest = os.path.join(run_dir, "latest.ckpt")
+    found = [latest] if os.path.isfile(latest) else []
+    return found + [p for _, p in reversed(step_checkpoints(run_dir))]
+
+
+def load_first_readable(paths):
+    """(path, (tensors, meta), skipped) for the first of ``paths`` that ``load`` can read;
+    skipped lists (path, CheckpointError) of the unreadable ones before it. Raises
+    CheckpointError when none is readable."""
+    skipped = []
+    for path in paths:
+        try:
+            return path, load(path), skipped
+        except CheckpointError as err:
+            skipped.append((path, err))
+    names = ", ".join(os.path.basename(p) for p, _ in skipped)
+    where = os.path.dirname(paths[0]) if paths else "?"
+    raise CheckpointError(f"no readable checkpoint in {where}: {names} cannot be read (corrupt or "
+                          "truncated); move them away to start from step 0, or pass --resume PATH")

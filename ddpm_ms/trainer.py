@@ -338,6 +338,7 @@ class Trainer:
         self.step = 0
         self.stop_reason = None
         self.stop_vote_every = STOP_VOTE_EVERY
+        self.last_saved = None  # (step, path) of the newest checkpoint written or resumed from
 
     # ----------------------------------------------------------------- set-up
     def setup(self, dataset_factory, steps_per_epoch, sink_dataset_factory=None):
@@ -414,14 +415,16 @@ class Trainer:
         path = os.path.join(self.run_dir, f"step_{self.step:08d}.ckpt")
         ckpt.save(path, self.state_tensors(), self.step, self.cfg, epoch=epoch)
         ckpt.link_latest(path, self.run_dir)
+        self.last_saved = (self.step, path)
         ckpt.rotate(self.run_dir, max(self.cfg["keep_checkpoints"], 1))
         for hook in self.save_hooks:
             hook(path)
         return path
 
-    def restore(self, path):
-        """Load a checkpoint written by save(); returns the epoch it was in."""
-        tensors, meta = ckpt.load(path)
+    def restore(self, path, loaded=None):
+        """Load a checkpoint written by save() (``loaded``: its ``ckpt.load`` result, when
+        already read); returns the epoch it was in."""
+        tensors, meta = loaded or ckpt.load(path)
         ckpt.check_compatible(meta["config"], self.cfg, ARCH_KEYS)
         ckpt.load_into(ckpt.named(self.net), tensors, where=path)
         ckpt.load_into(self._optimizer_state(), tensors, where=path)
@@ -435,7 +438,31 @@ class Trainer:
                 self.log(f"{path} has no loss-scale state (trained without amp); starting at "
                          f"loss_scale={self.cfg['loss_scale']}")
         self.step = int(meta["step"])
+        self.last_saved = (self.step, path)
         return int(meta.get("epoch", 0))
+
+    def find_resume(self):
+        """(path, ckpt.load result) of the checkpoint to resume from, or (None, None).
+
+        ``--resume auto`` takes latest.ckpt, or, when it cannot be read, the newest readable
+        step checkpoint, and says so; with no checkpoint at all it says it starts at step 0.
+        """
+        resume = self.cfg["resume"]
+        if not resume:
+            return None, None
+        if resume != "auto":
+            path = ckpt.find_resume(resume, self.run_dir)
+            return path, ckpt.load(path)
+        candidates = ckpt.auto_resume_candidates(self.run_dir)
+        if not candidates:
+            self.log(f"no checkpoint in {self.run_dir}: starting from step 0")
+            return None, None
+        path, loaded, skipped = ckpt.load_first_readable(candidates)
+        if skipped:
+            bad = ", ".join(os.path.basename(p) for p, _ in skipped)
+            self.log(f"warning: {bad} in {self.run_dir} cannot be read (corrupt or truncated); resuming "
+                     f"from {os.path.basename(path)} (step {loaded[1]['step']}), the newest readable checkpoint")
+        return path, loaded
 
     # ------------------------------------------------------------------ loop
     def run(self):
@@ -444,15 +471,16 @@ class Trainer:
 
         from .logging_utils import MetricsLog
         cfg = self.cfg
+        resume, loaded = self.find_resume()
+        epoch = 0
+        if resume:  # before config.yaml is written: a rejected checkpoint leaves the run as it was
+            epoch = self.restore(resume, loaded)
         if self.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
             save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
             self.log(model_summary(self.net))
             self.log("config: " + json.dumps(public(cfg), sort_keys=True))
-        resume = ckpt.find_resume(cfg["resume"], self.run_dir)
-        epoch = 0
         if resume:
-            epoch = self.restore(resume)
             self.log(f"resumed from {resume} at step {self.step}")
         if self.comm is not None and self.world > 1 and not self.comm.same_on_all(self.step):
             raise TrainingError(f"rank {self.rank} starts at step {self.step} but another rank does not: "
@@ -505,10 +533,10 @@ class Trainer:
                                 "even at loss scale 1; stopped without saving (last good checkpoint kept). "
                                 "Lower lr, enable grad_clip or use amp_level O0")
                         if mean_loss is not None and not math.isfinite(mean_loss):
-                            raise TrainingError(
-                                f"loss became {mean_loss} between steps {self.step - loss_count + 1} and "
-                                f"{self.step}; stopped without saving (last good checkpoint kept). Lower "
-                                "lr or enable grad_clip")
+                            first = self.step - loss_count + 1
+                            when = (f"at step {self.step}" if first == self.step else
+                                    f"in steps {first}-{self.step} (their mean loss)")
+                            raise TrainingError(f"loss became {mean_loss} {when}; " + self._not_finite_advice())
                         speed = window_images / max(time.time() - window_start, 1e-9)
                         lr = float(self.lrs[min(self.step - 1, len(self.lrs) - 1)])
                         metrics.write(step=self.step, epoch=epoch, loss=mean_loss, lr=lr,
@@ -567,7 +595,28 @@ class Trainer:
         for p in self.net.trainable_params()[:1] + self.net.trainable_params()[-1:]:
             if not np.isfinite(p.asnumpy()).all():
                 raise TrainingError(f"parameter {p.name} is not finite at step {self.step}; "
-                                    "not saving (last good checkpoint kept)")
+                                    + self._not_finite_advice())
+
+    def _not_finite_advice(self):
+        """The rest of the non-finite message: what was kept, and the causes that apply to this
+        config (a setting already at its safe value is not suggested)."""
+        cfg = self.cfg
+        if self.last_saved is None:
+            kept = "stopped before the first checkpoint, nothing saved"
+        else:
+            kept = (f"stopped without saving; the last good checkpoint is step {self.last_saved[0]} "
+                    f"({self.last_saved[1]})")
+        causes = [f"lr {cfg['lr']:g} too high (try --lr {cfg['lr'] / 4:g})"]
+        if cfg["grad_clip"] <= 0:
+            causes.append("no gradient clipping (try --grad_clip 1)")
+        elif cfg["grad_clip"] > 1:
+            causes.append(f"grad_clip {cfg['grad_clip']:g} is loose (try --grad_clip 1)")
+        if cfg["warmup_steps"] == 0:
+            causes.append(f"no lr warmup (try --warmup_steps {max(10, min(1000, (self.total_steps or 0) // 20))})")
+        if self.amp:
+            causes.append(f"float16 overflow with amp_level {cfg['amp_level']} (try --amp_level O0)")
+        fix = "; ".join(causes)
+        return f"{kept}. Likely causes for this config: {fix}. Then continue with --resume auto"
 
     def preview(self, name):
         """A grid of EMA (or raw) samples with the configured sampler, few steps."""

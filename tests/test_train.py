@@ -163,7 +163,12 @@ def test_nan_loss_stops_without_saving(tiny_folder, tmp_path):
         loss = one_step(batches)
         return loss * float("nan") if trainer.step >= 2 else loss
     trainer._one_step = poisoned
-    with pytest.raises(TrainingError, match="loss became nan between steps 3 and 3"):
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3; stopped without saving; the last "
+                                            r"good checkpoint is step 2 \(.*step_00000002.ckpt\)") as err:
         trainer.run()
     _, meta = ckpt.load(str(tmp_path / "run" / "latest.ckpt"))
     assert meta["step"] == 2
+    # the causes named are those that apply: grad_clip is on (1.0) and warmup is on here
+    msg = str(err.value)
+    assert "\n" not in msg and "lr 0.001 too high (try --lr 0.00025)" in msg, msg
+    assert "grad_clip" not in msg and "warmup" not in msg, msg
