@@ -10,14 +10,30 @@ reconstruction) and ``inversion.npz`` (``inputs``, ``reconstructions`` uint8 [N,
 
 Every user mistake (missing or foreign checkpoint, --steps out of range, unreadable image)
 raises ConfigError / CheckpointError / DataError, which ``cli.run_main`` prints as one line.
+
+Nothing is replaced silently: an output folder that already holds samples (or inversion
+files) is refused unless ``--overwrite`` is given. The folder is checked for writing before
+any sampling, and samples are written batch by batch as they are made, so an error or Ctrl-C
+keeps the batches already done.
 """
 import argparse
+import glob
 import math
 import os
+import sys
+import tempfile
 
 import numpy as np
 
 from .config import ConfigError
+
+SAMPLE_FILES = ("grid.png", "samples.npz", "images")
+INVERSION_FILES = ("inversion.png", "inversion.npz")
+
+
+class OutputError(ConfigError):
+    """The output folder cannot be written, or writing would replace earlier results."""
+
 
 MODES_HELP = ("graph: every denoising step is one compiled graph (ms.jit), the fast path; "
               "pynative: op by op, for comparison and debugging")
@@ -76,6 +92,9 @@ def build_arg_parser():
     p.add_argument("--seed", type=int, default=0, help="x_T and the per-step noise (>= 0)")
     p.add_argument("--out", default=None, help="output folder (default: <ckpt folder>/samples)")
     p.add_argument("--no_per_image", action="store_true", help="skip writing one PNG per image")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace samples (or inversion files) already in the output folder; without "
+                        "it such a folder is refused")
     p.add_argument("--invert", nargs="+", metavar="IMAGE", default=None,
                    help="DDIM-invert these images into x_T (eta 0, --steps steps, no clipping) and "
                         "reconstruct them with DDIM on the same grid; prints MSE/PSNR")
@@ -181,17 +200,25 @@ def load_images(paths, cfg):
     """Images as float32 [N, C, H, W] in [-1, 1] at the checkpoint's size and channels.
 
     Each file is resized (short side) and center-cropped like the image-folder data set.
-    DataError (one line) for a missing or undecodable file.
+    DataError (one line, naming the file) for a missing, unreadable or undecodable file.
     """
-    from .data import DataError, load_image
+    from .data import IMAGE_EXTENSIONS, DataError, load_image
     out = []
     for path in paths:
+        if os.path.isdir(path):
+            raise DataError(f"--invert {path} is a folder, not an image file")
+        if not os.path.isfile(path):
+            raise DataError(f"--invert {path}: no such image file")
         try:
             u8 = load_image(path, channels=cfg["channels"], image_size=cfg["image_size"])
-        except FileNotFoundError:
-            raise DataError(f"image not found: {path}") from None
         except Exception as err:  # PIL.UnidentifiedImageError, truncated files, ...
-            raise DataError(f"cannot read image {path}: {type(err).__name__}") from None
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            if type(err).__name__ == "UnidentifiedImageError":
+                detail = "not an image format Pillow knows"
+            detail = type(err).__name__ + (f": {detail}" if detail and path not in detail else "")
+            kinds = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+            raise DataError(f"--invert {path} is not a readable image ({detail}); give an image file "
+                            f"({kinds})") from None
         out.append(np.transpose(u8.astype(np.float32) / 127.5 - 1.0, (2, 0, 1)))
     return np.stack(out)
 
@@ -217,19 +244,89 @@ def save_npz(path, **arrays):
     return path
 
 
-def write_images(u8, out, per_image=True):
-    """grid.png, images/NNNNN.png and samples.npz for uint8 [N, H, W, C]."""
+def prepare_output(out, names, overwrite=False):
+    """Check, before any work, that ``out`` can take the files ``names``: it is (or can be made)
+    a writable folder, and it holds none of them unless ``overwrite``. OutputError otherwise.
+
+    A folder without any write bit counts as read-only even for root (who could write anyway).
+    With ``overwrite`` the earlier per-image PNGs are removed, so no stale image stays behind.
+    """
+    present = [n for n in names if os.path.exists(os.path.join(out, n))]
+    if present and not overwrite:
+        raise OutputError(f"{out} already holds {', '.join(present)} from an earlier run: pass "
+                          "--overwrite to replace them, or --out DIR for a new folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+        if not os.stat(out).st_mode & 0o222:
+            raise PermissionError(13, "the folder is read-only")
+        fd, probe = tempfile.mkstemp(prefix=".write_test", dir=out)
+        os.close(fd)
+        os.remove(probe)
+        if overwrite and "images" in names:
+            for old in glob.glob(os.path.join(out, "images", "[0-9]*.png")):
+                os.remove(old)
+    except OSError as err:
+        raise OutputError(f"cannot write to the output folder {out} ({err.strerror or err}): pass "
+                          "--out DIR with a writable folder") from None
+    return out
+
+
+def _python_sigint():
+    """Give Ctrl-C back to Python (KeyboardInterrupt). MindSpore's runtime installs its own
+    SIGINT handler when it runs its first op, and that one ends the process at once (exit 143)."""
+    import signal
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread
+        pass
+
+
+class SampleWriter:
+    """on_batch callback of ``sampling.sample``: writes each batch as soon as it is made.
+
+    images/NNNNN.png of the batch, then samples.npz and grid.png of all images so far (each
+    replaced atomically), so an error or Ctrl-C later keeps everything written before.
+    """
+
+    def __init__(self, out, total, per_image=True):
+        self.out, self.total, self.per_image = out, total, per_image
+        self.batches = []
+        self.done = 0
+
+    def __call__(self, start, images):
+        from .data import to_uint8
+        _python_sigint()
+        u8 = to_uint8(images)
+        try:
+            write_images(u8, self.out, per_image=self.per_image, first_index=start,
+                         so_far=np.concatenate(self.batches + [u8]))
+        except OSError as err:
+            raise OutputError(f"cannot write samples to {self.out} ({err.strerror or err}); the first "
+                              f"{self.done} of {self.total} samples were written before") from None
+        self.batches.append(u8)
+        self.done += len(u8)
+
+    def images(self):
+        return np.concatenate(self.batches) if self.batches else None
+
+
+def write_images(u8, out, per_image=True, first_index=0, so_far=None):
+    """images/NNNNN.png for uint8 [N, H, W, C] (numbered from ``first_index``), then
+    samples.npz and grid.png of ``so_far`` (default: u8), each replaced atomically."""
     from PIL import Image
 
     from .data import save_grid
     os.makedirs(out, exist_ok=True)
-    save_npz(os.path.join(out, "samples.npz"), images=u8)
-    save_grid(u8, os.path.join(out, "grid.png"))
     if per_image:
         per = os.path.join(out, "images")
         os.makedirs(per, exist_ok=True)
-        for i, img in enumerate(u8):
+        for i, img in enumerate(u8, start=first_index):
             Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(per, f"{i:05d}.png"))
+    everything = u8 if so_far is None else so_far
+    save_npz(os.path.join(out, "samples.npz"), images=everything)
+    tmp = os.path.join(out, f".grid.tmp{os.getpid()}.png")
+    save_grid(everything, tmp)
+    os.replace(tmp, os.path.join(out, "grid.png"))
 
 
 def invert_and_reconstruct(net, cfg, x0, opts, jit=True, progress=True, batch_size=None):
@@ -259,14 +356,18 @@ def run_inversion(args, net, cfg, jit, out):
     opts = sampling_options(cfg, "ddim", args.steps, 0.0, args.spacing,
                             args.clip_x0 or "false")  # clipping is off unless asked for
     x0 = load_images(args.invert, cfg)
+    prepare_output(out, INVERSION_FILES, args.overwrite)
     print(f"[ddpm_ms] inverting {len(x0)} image(s) with DDIM, {opts['num_steps']} steps "
           f"({opts['spacing']} grid), clip_x0={opts['clip_x0']}", flush=True)
     x_T, recon, mse, db = invert_and_reconstruct(net, cfg, x0, opts, jit=jit, batch_size=args.batch_size)
     inputs, recons = to_uint8(x0), to_uint8(recon)
-    os.makedirs(out, exist_ok=True)
     pairs = np.stack([inputs, recons], 1).reshape((-1,) + inputs.shape[1:])  # input, recon, input, ...
-    save_grid(pairs, os.path.join(out, "inversion.png"), nrow=2)
-    save_npz(os.path.join(out, "inversion.npz"), inputs=inputs, reconstructions=recons, x_T=x_T)
+    try:
+        os.makedirs(out, exist_ok=True)
+        save_npz(os.path.join(out, "inversion.npz"), inputs=inputs, reconstructions=recons, x_T=x_T)
+        save_grid(pairs, os.path.join(out, "inversion.png"), nrow=2)
+    except OSError as err:
+        raise OutputError(f"cannot write the inversion to {out} ({err.strerror or err})") from None
     print(f"inversion: steps={opts['num_steps']} mse={mse:.4f} psnr={db:.2f} dB "
           f"(uint8 [0, 255]); x_T std {x_T.std():.3f}", flush=True)
     print(f"[ddpm_ms] wrote {out}/inversion.png (input | reconstruction), inversion.npz", flush=True)
@@ -284,11 +385,17 @@ def sample_from_args(args):
     if args.invert:
         return run_inversion(args, net, cfg, jit, out)
     opts = sampling_options(cfg, args.sampler, args.steps, args.eta, args.spacing, args.clip_x0)
+    prepare_output(out, SAMPLE_FILES, args.overwrite)  # before any sampling
     print(f"[ddpm_ms] sampling {args.num_samples} images, {opts['sampler']} {opts['num_steps']} "
-          f"steps, {args.weights} weights of step {meta['step']}, seed {args.seed}", flush=True)
-    images = sample(net, build_schedule(cfg), args.num_samples, image_shape(cfg), batch_size=args.batch_size,
-                    seed=args.seed, jit=jit, **opts)
-    u8 = to_uint8(images)
-    write_images(u8, out, per_image=not args.no_per_image)
+          f"steps, {args.weights} weights of step {meta['step']}, seed {args.seed}, into {out}", flush=True)
+    writer = SampleWriter(out, args.num_samples, per_image=not args.no_per_image)
+    try:
+        sample(net, build_schedule(cfg), args.num_samples, image_shape(cfg), batch_size=args.batch_size,
+               seed=args.seed, jit=jit, on_batch=writer, **opts)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: kept the {writer.done} of {args.num_samples} samples already written in "
+              f"{out}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    u8 = writer.images()
     print(f"[ddpm_ms] wrote {out}/grid.png, samples.npz ({u8.shape}, uint8)", flush=True)
     return u8

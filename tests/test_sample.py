@@ -264,7 +264,7 @@ def test_cli_errors_are_one_line(tiny_ckpt, tmp_path, capsys):
         assert "between 1 and T=50" in line, line
     assert "ddpm always runs all T=50" in _error_line(
         capsys, ["--ckpt", str(tiny_ckpt), "--sampler", "ddpm", "--steps", "10", *run])
-    assert "cannot read image" in _error_line(
+    assert f"--invert {other} is not a readable image" in _error_line(
         capsys, ["--ckpt", str(tiny_ckpt), "--invert", str(other), *run])
 
 
