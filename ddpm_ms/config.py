@@ -26,7 +26,8 @@ DEFAULTS = {
     # data
     "dataset": ("fashion_mnist", str, "fashion_mnist | mnist | cifar10 | image_folder"),
     "data_dir": ("data/fashion-mnist", str, "folder with the data set files"),
-    "cache_dir": ("", str, "where decompressed files go; empty = <data_dir>/.ddpm_ms_cache"),
+    "cache_dir": ("", str, "where decompressed files and folder scans go; empty = the per-user cache "
+                           "($XDG_CACHE_HOME or ~/.cache)/ddpm_ms/data; never the data folder"),
     "download": (True, bool, "fetch the official files (with checksums) when missing"),
     "split": ("train", str, "train | test | all"),
     "image_size": (28, int, "image height = width"),

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .cpu_env import apply_cpu_env, usable_cpus
-from .fetch import DataError, download, extract_tar_folder, gunzip, md5sum
+from .fetch import DataError, download, extract_tar_folder, gunzip, md5sum, user_cache_dir
 
 apply_cpu_env(verbose=False)  # before MindSpore is imported (idempotent)
 
@@ -124,24 +124,24 @@ def _writable(path):
 
 
 def resolve_cache_dir(cfg):
-    """``cache_dir``, or ``<data_dir>/.ddpm_ms_cache``, or ``~/.cache/ddpm_ms`` when data_dir
-    is not writable."""
+    """``cache_dir``, else the per-user cache ``<user cache>/data`` (``$DDPM_MS_CACHE``,
+    ``$XDG_CACHE_HOME/ddpm_ms`` or ``~/.cache/ddpm_ms``; see ``fetch.user_cache_dir``).
+
+    Never the data folder: reading a data set writes nothing into it. Entries inside are
+    keyed by the data folder's resolved path, so two data folders never share one.
+    """
     if _get(cfg, "cache_dir"):
         return Path(_get(cfg, "cache_dir")).expanduser()
-    data_dir = Path(cfg["data_dir"]).expanduser()
-    if _writable(data_dir):
-        return data_dir / ".ddpm_ms_cache"
-    return Path.home() / ".cache" / "ddpm_ms"
+    return user_cache_dir() / "data"
 
 
 def _download_dir(data_dir, cache_root, name):
-    """Where downloads go: data_dir when it is (or can be made) writable, else the cache."""
-    try:
-        if not data_dir.exists():
-            data_dir.mkdir(parents=True)
-    except OSError:
-        pass
-    return data_dir if _writable(data_dir) else cache_root / "downloads" / name
+    """Where downloads go: data_dir when it is writable or can be created (the download
+    creates it, and only when it succeeds), else the cache."""
+    if data_dir.exists():
+        return data_dir if _writable(data_dir) else cache_root / "downloads" / name
+    parent = next((p for p in data_dir.absolute().parents if p.exists()), None)
+    return data_dir if parent is not None and _writable(parent) else cache_root / "downloads" / name
 
 
 # --------------------------------------------------------------------------- IDX (MNIST-like)
@@ -289,14 +289,18 @@ def _prepare_cifar(data_dir, cache_root, split, download_ok, fetch=None):
         return folder
     tars = [d / "cifar-10-binary.tar.gz" for d in (data_dir, dl_dir) if d is not None]
     tar = next((t for t in tars if t.is_file()), None)
+    downloaded = False
     if tar is None and download_ok:
         try:
             tar = download(CIFAR_URL, dl_dir / "cifar-10-binary.tar.gz", md5=CIFAR_MD5, fetch=fetch)
         except DataError as e:
             raise DataError(f"CIFAR-10: {e}; download {CIFAR_URL} yourself and put it (or its "
                             f"{CIFAR_FOLDER}/ folder) into {data_dir}, or pass --data_dir DIR") from None
+        downloaded = True
     if tar is not None:
-        extract_tar_folder(tar, CIFAR_FOLDER, tar.parent if _writable(tar.parent) else extracted)
+        # beside an archive we just downloaded; an archive the user put there is extracted
+        # into the cache, so the data folder is left as it was
+        extract_tar_folder(tar, CIFAR_FOLDER, tar.parent if downloaded and _writable(tar.parent) else extracted)
         folder = find_folder()
         if folder is not None:
             return folder

@@ -22,6 +22,25 @@ class DataError(Exception):
     """A data set cannot be found, fetched or read. The message says how to fix it."""
 
 
+def user_cache_dir():
+    """The per-user cache of ddpm_ms: ``$DDPM_MS_CACHE``, else ``$XDG_CACHE_HOME/ddpm_ms``,
+    else ``~/.cache/ddpm_ms``."""
+    if os.environ.get("DDPM_MS_CACHE"):
+        return Path(os.environ["DDPM_MS_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base).expanduser() / "ddpm_ms"
+
+
+def _missing_dirs(folder):
+    """The folders that ``folder.mkdir(parents=True)`` would create, deepest last."""
+    missing = []
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
+
+
 def md5sum(path, chunk_size=1 << 20):
     """Hex MD5 of a file, read in chunks."""
     h = hashlib.md5()
@@ -53,11 +72,13 @@ def download(url, dest, md5=None, fetch=None):
 
     ``fetch(url, path)`` writes the body to ``path`` (default: :func:`http_get`).
     Raises DataError when the transfer fails or the checksum does not match; neither
-    leaves anything under ``dest``.
+    leaves anything under ``dest``, and folders created for it are removed again.
     """
     dest = Path(dest)
+    created = _missing_dirs(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(dest)
+    done = False
     try:
         try:
             (fetch or http_get)(url, tmp)
@@ -68,9 +89,16 @@ def download(url, dest, md5=None, fetch=None):
             if got != md5:
                 raise DataError(f"checksum mismatch for {url}: MD5 {got}, expected {md5}")
         os.replace(tmp, dest)
+        done = True
     finally:
         if tmp.exists():
             tmp.unlink()
+        if not done:  # a failed download leaves no empty folder behind
+            for folder in reversed(created):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
     return dest
 
 

@@ -347,10 +347,15 @@ def test_download_checksum_mismatch_and_no_network(tmp_path):
     with pytest.raises(DataError, match="checksum mismatch") as err:
         D.create_dataset(cfg, fetch=wrong_bytes)
     assert "\n" not in str(err.value) and "--data_dir" in str(err.value)
-    assert list(data_dir.iterdir()) == []  # nothing half-written left behind
+    assert not data_dir.exists()  # nothing half-written left behind, not even the folder
     with pytest.raises(DataError, match="could not download.*no route to host") as err:
         D.create_dataset(cfg, fetch=offline)
     assert "\n" not in str(err.value) and "train-images-idx3-ubyte.gz" in str(err.value)
+    assert not data_dir.exists()
+    nested = tmp_path / "new" / "deeper" / "mn"  # folders created for the download go too
+    with pytest.raises(DataError, match="could not download"):
+        D.create_dataset(dict(cfg, data_dir=str(nested)), fetch=offline)
+    assert not (tmp_path / "new").exists()
 
 
 def test_cifar10_archive_download_and_extract(tmp_path, monkeypatch):
