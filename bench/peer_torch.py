@@ -55,9 +55,9 @@ def peer_train(spec):
     ema = [p.detach().clone() for p in params]
     b = spec["batch"]
     x = torch.rand(b, 1, 28, 28)      # GaussianDiffusion normalises [0, 1] -> [-1, 1] itself
-    times = []
+    times, cpu = [], []
     for i in range(spec["warmup"] + spec["steps"]):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = diffusion(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -67,9 +67,11 @@ def peer_train(spec):
             torch._foreach_lerp_(ema, params, 1.0 - 0.999)
         loss = float(loss.detach())    # waits for the step, like .asnumpy() on our side
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     timed = times[spec["warmup"]:]
     step_s = sum(timed) / len(timed)
-    return {"img_s": b / step_s, "step_s": step_s, "first_s": times[0], "loss": loss,
+    cpu_step_s = sum(cpu[spec["warmup"]:]) / len(timed)
+    return {"img_s": b / step_s, "step_s": step_s, "cpu_step_s": cpu_step_s, "img_cpu_s": b / cpu_step_s, "first_s": times[0], "loss": loss,
             "rss_mb": _rss_mb(), "note": f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
 
 
@@ -78,10 +80,10 @@ def peer_sample(spec):
     model.eval()
     n = spec["batch"]
     diffusion.sample(batch_size=2)    # warm-up (50 steps at batch 2)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     diffusion.sample(batch_size=n)
-    dt = time.perf_counter() - t0
-    return {"img_s": n / dt, "step_s": dt / spec.get("sample_steps", 50), "rss_mb": _rss_mb(),
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"img_s": n / dt, "step_s": dt / spec.get("sample_steps", 50), "img_cpu_s": n / cpu, "rss_mb": _rss_mb(),
             "note": f"torch {torch.__version__}, {torch.get_num_threads()} threads, DDIM eta 0"}
 
 

@@ -242,3 +242,33 @@ def test_build_unet_from_dict_and_object_and_arch_roundtrip():
     net.set_train(False)
     x, t = _inputs(2, 1, 16)
     np.testing.assert_array_equal(net(x, t).asnumpy(), net(x, t).asnumpy())   # dropout off in eval
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_softmax_cell_gradient_matches_softmax_gradient(mode, dtype):
+    """unet.Softmax's hand-written backward against numpy's y * (w - sum(w * y))."""
+    from ddpm_ms.unet import Softmax
+    old = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    try:
+        rng = np.random.default_rng(5)
+        x = (3 * rng.standard_normal((3, 5, 7))).astype(dtype)
+        w = rng.standard_normal((3, 5, 7)).astype(np.float32)
+        cell, wt = Softmax(), ms.Tensor(w)
+
+        def loss(x_):
+            return (cell(x_) * wt).sum()
+
+        fn = ms.grad(loss)
+        if mode == "graph":
+            fn = ms.jit(fn)
+        g = fn(ms.Tensor(x))
+        assert g.dtype == (ms.float16 if dtype == np.float16 else ms.float32)
+        y = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+        y /= y.sum(-1, keepdims=True)
+        want = y * (w - (w * y).sum(-1, keepdims=True))
+        np.testing.assert_allclose(g.asnumpy().astype(np.float64), want, atol=1e-6 if dtype == np.float32 else 2e-3)
+        np.testing.assert_allclose(cell(ms.Tensor(x)).asnumpy(), y, atol=1e-6)
+    finally:
+        ms.set_context(mode=old)
