@@ -50,14 +50,21 @@ class DeviceError(ConfigError):
 
 def available_targets():
     """Backends this MindSpore install can use on this machine, e.g. ['CPU']."""
+    import logging
+
     import mindspore as ms
     found = []
-    for target in ("Ascend", "GPU", "CPU"):
-        try:
-            if ms.hal.is_available(target):
-                found.append(target)
-        except Exception:  # backend plug-in missing or not loadable: not available
-            continue
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # is_available logs each missing plug-in as a WARNING
+    try:
+        for target in ("Ascend", "GPU", "CPU"):
+            try:
+                if ms.hal.is_available(target):
+                    found.append(target)
+            except Exception:  # backend plug-in missing or not loadable: not available
+                continue
+    finally:
+        logging.disable(before)
     return found or ["CPU"]
 
 

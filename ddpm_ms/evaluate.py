@@ -253,9 +253,15 @@ def main(argv=None):
     from .cpu_env import apply_cpu_env
     apply_cpu_env(verbose=False)
     args = build_arg_parser().parse_args(argv)
+    from .cli import _user_errors
     try:
         result = run(args)
     except EvalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a user error (DeviceError, ...)
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

@@ -305,8 +305,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device_target", default="CPU", choices=("auto", "CPU", "GPU", "Ascend"))
     args = p.parse_args(argv)
-    from .device import setup_device
-    setup_device(args.device_target, mode="pynative", verbose=False)
+    from .device import DeviceError, setup_device
+    try:
+        setup_device(args.device_target, mode="pynative", verbose=False)
+    except DeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = args.out or default_classifier_path()
     try:
         meta = train_classifier(args.data_dir, out, epochs=args.epochs, seed=args.seed)

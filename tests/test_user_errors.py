@@ -49,6 +49,22 @@ def test_missing_device_is_one_line(target, hint, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing written before the device was accepted
 
 
+@pytest.mark.parametrize("module, args", [
+    ("sample.py", ["--ckpt", "missing.ckpt"]),
+    ("ddpm_ms.export", ["--ckpt", "missing.ckpt", "--out", "x.mindir"]),
+    ("ddpm_ms.feature_net", ["--out", "x.ckpt"]),
+    ("ddpm_ms.pictures", ["reverse", "--ckpt", "missing.ckpt", "--out", "x.png"]),
+])
+def test_missing_device_is_one_line_in_every_entry_point(module, args, tmp_path):
+    import mindspore as ms
+    if ms.hal.is_available("GPU"):
+        pytest.skip("GPU is available on this machine")
+    args = [str(tmp_path / a) if a.startswith(("missing", "x.")) else a for a in args]
+    line = one_error_line(run_cli(module, *args, "--device_target", "GPU", env={"GLOG_v": "2"}))
+    assert "device_target GPU is not available" in line, line
+    assert not list(tmp_path.iterdir())
+
+
 # ----------------------------------------------------------------------------- network settings
 
 @pytest.mark.parametrize("args, expect", [
