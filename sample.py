@@ -6,8 +6,9 @@
     python sample.py --ckpt X --sampler naive --steps 50                        # the baseline
     python sample.py --ckpt X --invert photo.png --steps 100                    # DDIM inversion
 
-Writes grid.png, images/*.png and samples.npz (uint8 N x H x W x C); the same --seed gives
-the same files. Pictures of the forward / reverse process and of interpolations:
+Writes grid.png, images/*.png and samples.npz (uint8 N x H x W x C) batch by batch (Ctrl-C
+keeps the finished batches); the same --seed gives the same files. A folder that already
+holds samples is refused unless --overwrite is given. Pictures of the forward / reverse process and of interpolations:
 ``python -m ddpm_ms.pictures --help``. Errors are one line on stderr, exit code 2.
 """
 import sys
