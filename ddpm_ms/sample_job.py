@@ -284,49 +284,81 @@ def _python_sigint():
 class SampleWriter:
     """on_batch callback of ``sampling.sample``: writes each batch as soon as it is made.
 
-    images/NNNNN.png of the batch, then samples.npz and grid.png of all images so far (each
-    replaced atomically), so an error or Ctrl-C later keeps everything written before.
+    images/NNNNN.png of every batch at once; samples.npz and grid.png of all images so far
+    (each replaced atomically) after the first batch, then at most every ``flush_seconds`` and
+    at the end, so a long run does not spend its time recompressing. ``flush()`` after an
+    error or Ctrl-C writes them for every finished batch.
     """
 
-    def __init__(self, out, total, per_image=True):
+    def __init__(self, out, total, per_image=True, flush_seconds=30.0):
         self.out, self.total, self.per_image = out, total, per_image
+        self.flush_seconds = flush_seconds
         self.batches = []
-        self.done = 0
+        self.done = 0          # images finished (and their PNGs written)
+        self.in_npz = 0        # images in samples.npz / grid.png
+        self._last_flush = None
 
     def __call__(self, start, images):
+        import time
+
         from .data import to_uint8
         _python_sigint()
         u8 = to_uint8(images)
-        try:
-            write_images(u8, self.out, per_image=self.per_image, first_index=start,
-                         so_far=np.concatenate(self.batches + [u8]))
-        except OSError as err:
-            raise OutputError(f"cannot write samples to {self.out} ({err.strerror or err}); the first "
-                              f"{self.done} of {self.total} samples were written before") from None
+        if self.per_image:
+            try:
+                write_pngs(u8, self.out, first_index=start)
+            except OSError as err:
+                raise OutputError(f"cannot write samples to {self.out} ({err.strerror or err}); the first "
+                                  f"{self.done} of {self.total} samples were written before") from None
         self.batches.append(u8)
         self.done += len(u8)
+        if (self._last_flush is None or self.done >= self.total
+                or time.monotonic() - self._last_flush >= self.flush_seconds):
+            self.flush()
+
+    def flush(self, quiet=False):
+        """Write samples.npz and grid.png of every finished image (quiet: ignore OSError)."""
+        import time
+        if not self.batches or self.in_npz == self.done:
+            return
+        try:
+            write_collection(self.images(), self.out)
+        except OSError as err:
+            if quiet:
+                return
+            raise OutputError(f"cannot write samples to {self.out} ({err.strerror or err}); the first "
+                              f"{self.in_npz} of {self.total} samples were written before") from None
+        self.in_npz = self.done
+        self._last_flush = time.monotonic()
 
     def images(self):
         return np.concatenate(self.batches) if self.batches else None
 
 
-def write_images(u8, out, per_image=True, first_index=0, so_far=None):
-    """images/NNNNN.png for uint8 [N, H, W, C] (numbered from ``first_index``), then
-    samples.npz and grid.png of ``so_far`` (default: u8), each replaced atomically."""
+def write_pngs(u8, out, first_index=0):
+    """images/NNNNN.png for uint8 [N, H, W, C], numbered from ``first_index``."""
     from PIL import Image
+    per = os.path.join(out, "images")
+    os.makedirs(per, exist_ok=True)
+    for i, img in enumerate(u8, start=first_index):
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(per, f"{i:05d}.png"))
 
+
+def write_collection(u8, out):
+    """samples.npz and grid.png of uint8 [N, H, W, C], each replaced atomically."""
     from .data import save_grid
     os.makedirs(out, exist_ok=True)
-    if per_image:
-        per = os.path.join(out, "images")
-        os.makedirs(per, exist_ok=True)
-        for i, img in enumerate(u8, start=first_index):
-            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(per, f"{i:05d}.png"))
-    everything = u8 if so_far is None else so_far
-    save_npz(os.path.join(out, "samples.npz"), images=everything)
+    save_npz(os.path.join(out, "samples.npz"), images=u8)
     tmp = os.path.join(out, f".grid.tmp{os.getpid()}.png")
-    save_grid(everything, tmp)
+    save_grid(u8, tmp)
     os.replace(tmp, os.path.join(out, "grid.png"))
+
+
+def write_images(u8, out, per_image=True):
+    """grid.png, images/NNNNN.png and samples.npz for uint8 [N, H, W, C]."""
+    if per_image:
+        write_pngs(u8, out)
+    write_collection(u8, out)
 
 
 def invert_and_reconstruct(net, cfg, x0, opts, jit=True, progress=True, batch_size=None):
@@ -393,9 +425,13 @@ def sample_from_args(args):
         sample(net, build_schedule(cfg), args.num_samples, image_shape(cfg), batch_size=args.batch_size,
                seed=args.seed, jit=jit, on_batch=writer, **opts)
     except KeyboardInterrupt:
+        writer.flush(quiet=True)
         print(f"\ninterrupted: kept the {writer.done} of {args.num_samples} samples already written in "
               f"{out}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
+    except Exception:
+        writer.flush(quiet=True)  # keep the finished batches, then report the error
+        raise
     u8 = writer.images()
     print(f"[ddpm_ms] wrote {out}/grid.png, samples.npz ({u8.shape}, uint8)", flush=True)
     return u8

@@ -367,8 +367,9 @@ def test_reading_a_data_set_writes_nothing_into_its_folder(fashion_mnist_dir, tm
                 "--batch_size", "4", "--download", "false", "--out", str(tmp_path / "b.png"), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert snapshot(data) == before and sorted(p.name for p in data.iterdir()) == sorted(before)
-    cached = list((tmp_path / "xdg" / "ddpm_ms" / "data").glob("fashion_mnist-idx-*"))
-    assert cached and (cached[0] / "t10k-images-idx3-ubyte").is_file()
+    cached = [p for p in (tmp_path / "xdg" / "ddpm_ms" / "data").glob("fashion_mnist-idx-*")
+              if not p.name.endswith(".meta")]
+    assert len(cached) == 1 and (cached[0] / "t10k-images-idx3-ubyte").is_file()
     # an image folder gets no scan cache file either
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -381,3 +382,20 @@ def test_reading_a_data_set_writes_nothing_into_its_folder(fashion_mnist_dir, tm
     assert r.returncode == 0, r.stderr[-3000:]
     assert snapshot(imgs) == before and len(list(imgs.iterdir())) == 4
     assert list((tmp_path / "xdg" / "ddpm_ms" / "data").glob("scan-*.json"))
+
+
+def test_sample_writer_writes_pngs_at_once_and_the_npz_now_and_then(tmp_path):
+    import numpy as np
+
+    from ddpm_ms import sample_job
+    writer = sample_job.SampleWriter(str(tmp_path), total=6, per_image=True, flush_seconds=1e9)
+
+    def in_npz():
+        return len(np.load(tmp_path / "samples.npz")["images"])
+    for start, expect in ((0, 2), (2, 2)):  # the first batch at once, then not before the timer
+        writer(start, np.full((2, 1, 4, 4), start / 10, np.float32))
+        assert in_npz() == expect and len(list((tmp_path / "images").glob("*.png"))) == start + 2
+    writer.flush()  # what an error or Ctrl-C does
+    assert in_npz() == 4
+    writer(4, np.zeros((2, 1, 4, 4), np.float32))  # the last batch always
+    assert in_npz() == 6 and sorted(p.name for p in (tmp_path / "images").iterdir())[-1] == "00005.png"
