@@ -3,6 +3,12 @@ from .data import create_dataset
 from .trainer import Trainer, draw_t_noise_np, use_data_sink
 
 
+def _seeded(cfg, epoch):
+    """The config for epoch ``epoch``'s pipeline: seed + epoch. ``create_dataset`` sets the
+    process-wide dataset seed from the config it is given, so the seed must travel in it."""
+    return dict(cfg, seed=cfg["seed"] + epoch)
+
+
 def make_dataset_factory(cfg, num_shards=1, shard_id=0):
     """factory(epoch, skip) -> iterator of (B, C, H, W) float32 tensors for that epoch.
 
@@ -14,7 +20,8 @@ def make_dataset_factory(cfg, num_shards=1, shard_id=0):
 
     def factory(epoch, skip):
         ds.config.set_seed(cfg["seed"] + epoch)
-        dataset = create_dataset(cfg, num_shards=num_shards, shard_id=shard_id, training=cfg["shuffle"])
+        dataset = create_dataset(_seeded(cfg, epoch), num_shards=num_shards, shard_id=shard_id,
+                                 training=cfg["shuffle"])
         if skip:
             dataset = dataset.skip(skip)
         for (x0,) in dataset.create_tuple_iterator(num_epochs=1):
@@ -36,20 +43,25 @@ class _AddTNoise:
         return x0, t, noise
 
 
-def make_sink_dataset_factory(cfg, num_shards=1, shard_id=0):
+def make_sink_dataset_factory(cfg, num_shards=1, shard_id=0, steps_per_epoch=None):
     """factory(start_step) -> endless dataset of (x0, t, noise) batches for data sink.
 
-    The same draws as the host loop; the epochs come from ``repeat`` (the reader reshuffles
-    each pass), so the order differs from the host loop's per-epoch seeds.
+    The same draws as the host loop. The first pass is seeded like the host loop's epoch
+    ``start_step // steps_per_epoch`` and skips only ``start_step % steps_per_epoch`` batches
+    (a resume does not decode every batch since step 0); later epochs come from ``repeat``
+    (the reader reshuffles each pass), so their order differs from the host loop's per-epoch
+    seeds, and a resumed sink run does not repeat the uninterrupted run's order exactly.
+    Without ``steps_per_epoch`` the whole ``start_step`` is skipped from seed + 0.
     """
     import mindspore.dataset as ds
 
     def factory(start_step):
-        ds.config.set_seed(cfg["seed"])
-        dataset = create_dataset(cfg, num_shards=num_shards, shard_id=shard_id, training=cfg["shuffle"],
-                                 repeat=True)
-        if start_step:
-            dataset = dataset.skip(start_step)
+        epoch, skip = divmod(start_step, steps_per_epoch) if steps_per_epoch else (0, start_step)
+        ds.config.set_seed(cfg["seed"] + epoch)
+        dataset = create_dataset(_seeded(cfg, epoch), num_shards=num_shards, shard_id=shard_id,
+                                 training=cfg["shuffle"], repeat=True)
+        if skip:
+            dataset = dataset.skip(skip)
         # one worker, in order: the step counter must follow the batches
         return dataset.map(operations=_AddTNoise(cfg, start_step, shard_id, num_shards),
                            input_columns=["image"], output_columns=["image", "t", "noise"],
@@ -70,7 +82,7 @@ def train_from_config(cfg, info, rank=0, world=1, grad_reducer_factory=None, com
     trainer = Trainer(cfg, rank=rank, world=world, grad_reducer_factory=grad_reducer_factory, comm=comm)
     trainer.save_hooks.extend(save_hooks)
     trainer.setup(make_dataset_factory(cfg, world, rank), steps_per_epoch,
-                  sink_dataset_factory=make_sink_dataset_factory(cfg, world, rank))
+                  sink_dataset_factory=make_sink_dataset_factory(cfg, world, rank, steps_per_epoch))
     trainer.run()
     return trainer
 

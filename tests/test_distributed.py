@@ -106,6 +106,45 @@ def test_sink_dataset_carries_the_host_draws(tiny_folder):
         np.testing.assert_array_equal(noise, want_noise.asnumpy())
 
 
+def test_each_epoch_has_its_own_shuffle_and_repeats_on_resume(tiny_folder):
+    """create_dataset sets the dataset seed from the config it gets: the factory must pass
+    seed + epoch in it, or every epoch would see the same order and flips."""
+    cfg = tiny_cfg(tiny_folder, shuffle=True, shuffle_buffer=0, random_flip=True)
+    factory = make_dataset_factory(cfg)
+    epochs = [np.concatenate([b.asnumpy() for b in factory(e, 0)]) for e in (0, 1, 1)]
+    assert not np.array_equal(epochs[0], epochs[1])
+    np.testing.assert_array_equal(epochs[1], epochs[2])  # a resumed epoch 1 sees the same order
+    resumed = [b.asnumpy() for b in factory(1, 2)]
+    np.testing.assert_array_equal(np.concatenate(resumed), epochs[1][2 * 4:])
+
+
+def test_sink_resume_skips_only_into_the_current_epoch(tiny_folder, monkeypatch):
+    """Resuming at step 7 with 3 batches per epoch: the pipeline is seeded for epoch 2 and skips
+    1 batch (not 7), and the first batch is the host loop's epoch-2 batch 1 with step 7's draws."""
+    import mindspore.dataset as ds
+
+    from ddpm_ms import train_job
+    cfg = tiny_cfg(tiny_folder)
+    skips, seeds = [], []
+    real_create = train_job.create_dataset
+
+    def spying_create(*args, **kwargs):
+        dataset = real_create(*args, **kwargs)
+        seeds.append(ds.config.get_seed())
+        real_skip = dataset.skip
+        dataset.skip = lambda n: (skips.append(n), real_skip(n))[1]
+        return dataset
+    monkeypatch.setattr(train_job, "create_dataset", spying_create)
+    sink = make_sink_dataset_factory(cfg, 2, 1, steps_per_epoch=3)(start_step=7)
+    assert skips == [1] and seeds == [cfg["seed"] + 2]
+    x0, t, noise = next(sink.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    host = list(make_dataset_factory(cfg, 2, 1)(2, 1))
+    np.testing.assert_array_equal(x0, host[0].asnumpy())
+    want_t, want_noise = draw_t_noise(cfg["seed"], 7, 0, x0.shape, cfg["timesteps"], rank=1, world=2)
+    np.testing.assert_array_equal(t, want_t.asnumpy())
+    np.testing.assert_array_equal(noise, want_noise.asnumpy())
+
+
 # ------------------------------------------------------------------ stop votes
 class _Identity(ms.nn.Cell):
     def construct(self, x):
