@@ -22,9 +22,15 @@ import mindspore as ms
 from mindspore import nn, ops
 
 
-def _pads(padding):
-    """nn.Conv2d padding (int or (top, bottom, left, right)) -> (top, bottom, left, right)."""
-    return (padding,) * 4 if isinstance(padding, int) else tuple(padding)
+def _geometry(cell):
+    """(kh, kw, sh, sw, ph, pw) of a conv cell; ValueError unless padding is symmetric."""
+    pads = (cell.padding,) * 4 if isinstance(cell.padding, int) else tuple(cell.padding)
+    top, bottom, left, right = pads
+    if top != bottom or left != right:
+        raise ValueError(f"{type(cell).__name__} needs symmetric padding, got {cell.padding}")
+    kh, kw = cell.kernel_size
+    sh, sw = cell.stride[-2:] if len(cell.stride) == 4 else cell.stride
+    return kh, kw, sh, sw, top, left
 
 
 class MatmulConv2d(nn.Conv2d):
@@ -55,12 +61,7 @@ class MatmulConv2d(nn.Conv2d):
                              f"(got pad_mode={self.pad_mode!r}, dilation={self.dilation})")
         if self.data_format != "NCHW":
             raise ValueError("MatmulConv2d supports data_format NCHW only")
-        top, bottom, left, right = _pads(self.padding)
-        if top != bottom or left != right:
-            raise ValueError(f"MatmulConv2d needs symmetric padding, got {self.padding}")
-        self.kh, self.kw = self.kernel_size
-        self.sh, self.sw = self.stride[-2:] if len(self.stride) == 4 else self.stride
-        self.ph, self.pw = top, left
+        self.kh, self.kw, self.sh, self.sw, self.ph, self.pw = _geometry(self)
         self.pointwise = (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
         self.k_flat = (self.in_channels // self.group) * self.kh * self.kw
         # the row/column split below needs stride 1 and "same" padding (2 * pad = k - 1)
@@ -121,12 +122,7 @@ class MatmulConvTranspose2d(nn.Conv2dTranspose):
             raise ValueError("MatmulConvTranspose2d supports pad_mode='pad', group 1 and dilation 1 only")
         if self.output_padding not in (0, (0, 0)):
             raise ValueError("MatmulConvTranspose2d does not support output_padding")
-        top, bottom, left, right = _pads(self.padding)
-        if top != bottom or left != right:
-            raise ValueError(f"MatmulConvTranspose2d needs symmetric padding, got {self.padding}")
-        self.kh, self.kw = self.kernel_size
-        self.sh, self.sw = self.stride[-2:] if len(self.stride) == 4 else self.stride
-        self.ph, self.pw = top, left
+        self.kh, self.kw, self.sh, self.sw, self.ph, self.pw = _geometry(self)
         self.rows = self.out_channels * self.kh * self.kw
 
     def construct(self, x):

@@ -119,20 +119,23 @@ def test_no_cap_when_every_conv_is_a_matmul(tmp_path):
     assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and "set by user" in chosen["onednn_isa"]
 
 
-@pytest.mark.parametrize("conv_impl", ["auto", "native"])
-def test_prepare_caps_isa_only_for_native_convs(tmp_path, conv_impl):
-    code = (
-        "import os\n"
-        "from ddpm_ms.cli import prepare\n"
-        f"cfg, info = prepare(['--device_target', 'CPU', '--conv_impl', {conv_impl!r}])\n"
-        "print('ISA', os.environ.get('ONEDNN_MAX_CPU_ISA'))\n")
+def _prepare(tmp_path, args, then):
+    """cli.prepare(args) in a fresh process with no CPU variables set, then the code ``then``; stdout."""
+    code = f"import os\nfrom ddpm_ms.cli import prepare\ncfg, info = prepare({args!r})\n{then}"
     env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
     env.update(PYTHONPATH=str(ROOT), GLOG_v="3")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                           cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("conv_impl", ["auto", "native"])
+def test_prepare_caps_isa_only_for_native_convs(tmp_path, conv_impl):
+    out = _prepare(tmp_path, ["--device_target", "CPU", "--conv_impl", conv_impl],
+                   "print('ISA', os.environ.get('ONEDNN_MAX_CPU_ISA'))\n")
     capped = conv_impl == "native" and cpu_env.cpu_has_avx512()
-    assert f"ISA {'AVX2' if capped else 'None'}" in proc.stdout
+    assert f"ISA {'AVX2' if capped else 'None'}" in out
 
 
 def test_user_isa_left_alone(tmp_path):
@@ -203,16 +206,9 @@ def test_config_mode_defaults_to_auto():
 
 
 def test_prepare_resolves_auto_and_prints_once(tmp_path):
-    code = (
-        "from ddpm_ms.cli import prepare\n"
-        "cfg, info = prepare(['--device_target', 'CPU', '--mode', 'auto'])\n"
-        "print('MODE', cfg['mode'], cfg['_requested_mode'], info['mode'])\n")
-    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
-    env.update(PYTHONPATH=str(ROOT), GLOG_v="3")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                          cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"MODE {CPU_AUTO_MODE} auto {CPU_AUTO_MODE}" in proc.stdout
-    assert proc.stdout.count("[ddpm_ms] CPU settings:") == 1
-    device_lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[ddpm_ms] device:")]
+    out = _prepare(tmp_path, ["--device_target", "CPU", "--mode", "auto"],
+                   "print('MODE', cfg['mode'], cfg['_requested_mode'], info['mode'])\n")
+    assert f"MODE {CPU_AUTO_MODE} auto {CPU_AUTO_MODE}" in out
+    assert out.count("[ddpm_ms] CPU settings:") == 1
+    device_lines = [ln for ln in out.splitlines() if ln.startswith("[ddpm_ms] device:")]
     assert len(device_lines) == 1 and f"mode={CPU_AUTO_MODE} (auto:" in device_lines[0]
