@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -303,7 +304,7 @@ def case_env(spec):
     return env
 
 
-def run_case(spec, timeout, peer_python=PEER_PYTHON):
+def run_case(spec, timeout, peer_python=PEER_PYTHON, pin=True):
     """Run one case in a subprocess; returns its result dict (or {'error': ...})."""
     if spec["kind"].startswith("peer"):
         if not os.path.exists(peer_python):
@@ -311,6 +312,10 @@ def run_case(spec, timeout, peer_python=PEER_PYTHON):
         cmd = [peer_python, str(ROOT / "bench" / "peer_torch.py"), "--json", json.dumps(spec)]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    if pin and spec.get("threads") == 1 and shutil.which("taskset"):
+        # one thread means one core: MindSpore's runtime threads would otherwise run kernels on
+        # the second core too (measured: 1.9 CPU-seconds per wall second with 1 kernel thread)
+        cmd = ["taskset", "-c", "0"] + cmd
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=case_env(spec), capture_output=True, text=True, timeout=timeout)
@@ -331,6 +336,7 @@ VARIANTS = {   # name -> (conv_impl, arch overrides, extra spec)
     "matmul": ("matmul", {}, {}),            # ddpm_ms.convs, oneDNN uncapped
     "matmul_o1": ("matmul", {}, {"jit_level": "O1"}),
     "resnet": ("matmul", RESNET_ARCH, {}),   # ResNet-block U-Net, matmul convs
+    "resnet_native": ("native", RESNET_ARCH, {}),
 }
 
 
@@ -357,7 +363,7 @@ def cases(args):
     out["peer_flops"] = dict(kind="peer_flops")
     if not args.no_sample:
         for th in args.threads:
-            for v in ("native", "matmul", "resnet"):
+            for v in ("native", "matmul", "resnet", "resnet_native"):
                 if v in variants:
                     impl, arch, _ = VARIANTS[v]
                     out[f"sample_{v}_t{th}"] = dict(kind="sample", batch=64, sample_steps=50, threads=th,
@@ -454,7 +460,7 @@ def report(results, args):
                 extra.append(f"{sfx} {v}: " + "; ".join(parts))
     for th in args.threads:
         peer = img_s(f"peer_sample_t{th}")
-        for v in ("native", "matmul", "resnet"):
+        for v in ("native", "matmul", "resnet", "resnet_native"):
             mine = img_s(f"sample_{v}_t{th}")
             if mine and peer:
                 mine_c, peer_c = img_cpu_s(f"sample_{v}_t{th}"), img_cpu_s(f"peer_sample_t{th}")
@@ -478,6 +484,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiles)")
     p.add_argument("--peer_python", default=PEER_PYTHON, help="python of the venv with the PyTorch peer")
     p.add_argument("--no_sample", action="store_true", help="skip the DDIM-50 sampling cases")
+    p.add_argument("--no_pin", action="store_true",
+                   help="do not pin 1-thread cases to one core (MindSpore's runtime may then use another)")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per case")
     p.add_argument("--out", default="", help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -500,7 +508,7 @@ def main(argv=None):
     print(header, flush=True)
     results = {}
     for name, spec in todo.items():
-        res = run_case(spec, args.timeout, args.peer_python)
+        res = run_case(spec, args.timeout, args.peer_python, pin=not args.no_pin)
         res["load_1min"] = round(os.getloadavg()[0], 2)
         results[name] = res
         shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()}

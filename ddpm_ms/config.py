@@ -87,7 +87,7 @@ DEFAULTS = {
     "num_preview": (16, int, "images in preview grids"),
     # sampling
     "sampler": ("ddim", str, "ddpm | ddim | naive | dpmpp2m (DPM-Solver++(2M), no eta)"),
-    "sample_steps": (50, int, "sampler steps (ddim / naive)"),
+    "sample_steps": (50, int, "sampler steps (ddim / naive / dpmpp2m)"),
     "eta": (0.0, float, "DDIM eta (0 = deterministic)"),
     "spacing": ("leading", str, "leading | trailing | linspace timestep grid"),
     "clip_x0": (True, bool, "clip predicted x0 to [-1, 1]"),

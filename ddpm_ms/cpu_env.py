@@ -119,8 +119,9 @@ def apply_cpu_env(verbose=True, cpuinfo_path="/proc/cpuinfo", matmul_convs=False
 
     matmul_convs: True when every convolution this process runs is computed as matmuls
     (``conv_impl`` matmul, ``ddpm_ms.convs``). Then no conv reaches oneDNN's conv kernels,
-    and the cap is left off so that the matmuls use AVX-512 (1.3-1.5x faster, BENCHMARKS.md).
-    With any native conv in the process, AVX-512 CPUs get the AVX2 cap.
+    and the cap is left off so that the matmuls use AVX-512 (1.3-1.5x faster, BENCHMARKS.md);
+    the kernel threads are then one fewer than the usable cores (at least 1). With any native
+    conv in the process, AVX-512 CPUs get the AVX2 cap and a kernel thread per core.
 
     Must run before MindSpore is imported (oneDNN reads its ISA cap once, at load).
     Returns a dict of what was chosen and why; calling it again returns the first result
@@ -142,6 +143,14 @@ def apply_cpu_env(verbose=True, cpuinfo_path="/proc/cpuinfo", matmul_convs=False
     if THREADS_VAR in os.environ:
         threads = _threads_from_env(os.environ[THREADS_VAR])
         chosen["threads"] = f"{threads} (set by user in {THREADS_VAR})"
+    elif matmul_convs and usable_cpus() > 1:
+        # MindSpore's runtime runs independent ops of the graph side by side: with matmul convs,
+        # one kernel thread fewer than the cores left that room and trained 1.04-1.33x faster
+        # than a kernel thread per core (2 cores, BENCHMARKS.md); native convs gained nothing
+        threads = usable_cpus() - 1
+        os.environ[THREADS_VAR] = str(threads)
+        chosen["threads"] = (f"{threads} (usable cores - 1: with matmul convs the runtime runs independent "
+                             "ops on the core left over)")
     else:
         threads = usable_cpus()
         os.environ[THREADS_VAR] = str(threads)

@@ -29,18 +29,22 @@ HOW_TO_GET = {
 }
 
 
-# How convolutions are computed (ddpm_ms.convs): 'auto' = matmul on CPU, where MindSpore's own
-# conv kernels are the bottleneck (BENCHMARKS.md), native on Ascend and GPU, whose vendor conv
-# kernels are the fast path.
+# How convolutions are computed (ddpm_ms.convs): 'auto' = matmul for training on CPU, where the
+# backward passes of MindSpore's own conv kernels are the bottleneck (BENCHMARKS.md), native on
+# Ascend and GPU, whose vendor conv kernels are the fast path, and native for sampling on CPU.
 CONV_IMPLS = ("auto", "native", "matmul")
 
 
-def resolve_conv_impl(conv_impl, device_target):
-    """'auto' -> 'matmul' on CPU, 'native' on Ascend / GPU; 'native' / 'matmul' pass through."""
+def resolve_conv_impl(conv_impl, device_target, training=True):
+    """'auto' -> 'matmul' for training on CPU, else 'native'; 'native' / 'matmul' pass through.
+
+    Sampling runs the forward pass only, and there MindSpore's CPU convs (oneDNN capped at
+    AVX2) were about 20% faster than unfold + matmul (DDIM-50, tutorial U-Net, BENCHMARKS.md);
+    in training their backward passes make matmul 2.9-3.2x faster on one core."""
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
     if conv_impl == "auto":
-        return "matmul" if str(device_target).upper() == "CPU" else "native"
+        return "matmul" if training and str(device_target).upper() == "CPU" else "native"
     return conv_impl
 
 

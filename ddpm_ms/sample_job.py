@@ -46,8 +46,9 @@ def add_runtime_args(p):
     p.add_argument("--device_id", type=int, default=-1)
     from .device import CONV_IMPLS
     p.add_argument("--conv_impl", choices=CONV_IMPLS, default="auto",
-                   help="how convolutions run: auto = matmul on CPU (faster there), native on Ascend/GPU; "
-                        "any choice loads any checkpoint")
+                   help="how convolutions run: auto = native (for sampling, MindSpore's conv kernels are "
+                        "the faster forward pass on CPU too); matmul = unfold + matmul; any choice loads any "
+                        "checkpoint")
 
 
 def add_checkpoint_args(p):
@@ -119,7 +120,8 @@ def setup_runtime(args, seed=0, verbose=True):
     if args.device_target in ("CPU", "auto"):
         from .device import resolve_conv_impl
         conv_impl = getattr(args, "conv_impl", "auto")
-        apply_cpu_env(verbose=verbose, matmul_convs=resolve_conv_impl(conv_impl, "CPU") == "matmul")
+        apply_cpu_env(verbose=verbose,
+                      matmul_convs=resolve_conv_impl(conv_impl, "CPU", training=False) == "matmul")
     from .device import setup_device
     setup_device(args.device_target, args.mode, args.device_id, seed=seed, verbose=verbose)
     return args.mode == "graph"
@@ -128,11 +130,15 @@ def setup_runtime(args, seed=0, verbose=True):
 def load_network(ckpt_path, weights="ema", conv_impl="auto"):
     """(network, config dict, meta) from a checkpoint; CheckpointError with one line on a bad file.
 
-    conv_impl ('auto' | 'native' | 'matmul', see ``device.resolve_conv_impl``) is how this
-    process computes convolutions, whatever the training run used: both give the same weights."""
+    conv_impl ('auto' | 'native' | 'matmul', see ``device.resolve_conv_impl``; 'auto' is native
+    for sampling) is how this process computes convolutions, whatever the training run used:
+    both give the same weights."""
+    import mindspore as ms
     from . import checkpoint as ckpt
     from .config import config_from_dict
+    from .device import resolve_conv_impl
     from .unet import build_unet
+    conv_impl = resolve_conv_impl(conv_impl, ms.get_context("device_target"), training=False)
     tensors, meta = ckpt.load(ckpt_path)
     cfg = config_from_dict(meta["config"])
     try:

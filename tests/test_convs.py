@@ -141,6 +141,8 @@ def test_resolve_conv_impl_and_unsupported_settings():
     assert resolve_conv_impl("auto", "GPU") == "native"
     assert resolve_conv_impl("native", "CPU") == "native"
     assert resolve_conv_impl("matmul", "Ascend") == "matmul"
+    assert resolve_conv_impl("auto", "CPU", training=False) == "native"     # sampling: forward only
+    assert resolve_conv_impl("matmul", "CPU", training=False) == "matmul"
     with pytest.raises(ValueError, match="conv_impl"):
         resolve_conv_impl("fast", "CPU")
     with pytest.raises(ValueError, match="pad_mode"):

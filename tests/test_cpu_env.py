@@ -112,6 +112,11 @@ def test_no_cap_without_avx512(tmp_path):
 def test_no_cap_when_every_conv_is_a_matmul(tmp_path):
     chosen, env, out = _run(tmp_path, flags=FLAGS_AVX512, matmul_convs=True)
     assert env["ONEDNN_MAX_CPU_ISA"] is None                          # AVX-512 matmuls allowed
+    n = cpu_env.usable_cpus()
+    assert env["DDPM_MS_CPU_THREADS"] == str(max(1, n - 1))           # a core left for the runtime
+    if shutil.which("taskset"):
+        chosen, env, _ = _run(tmp_path, matmul_convs=True, prefix=("taskset", "-c", "0"))
+        assert env["DDPM_MS_CPU_THREADS"] == "1"                      # one core: one thread
     assert "every conv runs as matmuls" in chosen["onednn_isa"]
     assert "every conv runs as matmuls" in out                        # the printout says why
     chosen, env, _ = _run(tmp_path, flags=FLAGS_AVX512, matmul_convs=True,
