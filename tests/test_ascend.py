@@ -9,8 +9,9 @@ from mindspore import nn
 
 from ddpm_ms import ascend
 from ddpm_ms.ascend import ALLFINITE, FLOAT_STATUS, ISFINITE, overflow_check, precision_mode
-from ddpm_ms.config import resolve
 from ddpm_ms.trainer import LOSS_SCALE_VALUE, Trainer
+
+import test_amp  # noqa: E402 (sibling test module: the shared tiny amp config)
 
 
 @pytest.mark.parametrize("device, chip, env, world, method, clear, reduce", [
@@ -96,13 +97,8 @@ class FakeComm:
 
 
 def amp_cfg(out, **over):
-    base = dict(dataset="image_folder", data_dir=str(out), image_size=8, channels=3, dim=8, dim_mults=[1, 2],
-                attn_heads=1, attn_head_dim=8, timesteps=50, batch_size=4, max_steps=4, lr=1e-3,
-                ema_decay=0.9, log_every=1, save_every=2, sample_every=0, num_preview=2, sample_steps=2,
-                output_dir=str(out), run_name="run", device_target="CPU", seed=3, amp_level="O2",
-                loss_scale=1024.0, mode="pynative")
-    base.update(over)
-    return resolve(base=base)
+    """test_amp's tiny float16 config, in PYNATIVE unless told otherwise."""
+    return test_amp.amp_cfg(out, **dict({"mode": "pynative"}, **over))
 
 
 def batch(seed=0):
