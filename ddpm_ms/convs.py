@@ -33,6 +33,11 @@ def _geometry(cell):
     return kh, kw, sh, sw, top, left
 
 
+def _add_bias(cell, y):
+    """y + bias over the channel axis; BiasAdd's gradient is about 2x a broadcast add's ReduceSum."""
+    return ops.bias_add(y, cell.bias.astype(y.dtype)) if cell.has_bias else y
+
+
 class MatmulConv2d(nn.Conv2d):
     """nn.Conv2d (pad_mode 'pad', dilation 1, any group) as unfold + batched matmul.
 
@@ -42,9 +47,9 @@ class MatmulConv2d(nn.Conv2d):
     * group 1: cols = unfold(x) [B, C_in*k*k, L] (channel-major, the weight's flat order);
       y = W [C_out, C_in*k*k] @ cols, the weight broadcast over the batch (one BatchMatMul:
       measured faster than a 2-D @ 3-D matmul or one big GEMM over B*L, BENCHMARKS.md).
-    * depthwise (g = C_in = C_out, stride 1, "same" padding; ConvNeXt's 7x7): a full unfold would copy the input
-      k*k = 49 times for a conv of almost no FLOPs, so the work is split by kernel row and
-      column instead. cols = unfold(x, (kh, 1)) [B, C, kh, L] (x shifted by each kernel row);
+    * depthwise (g = C_in = C_out, stride 1, "same" padding; ConvNeXt's 7x7): a full unfold
+      would copy the input k*k = 49 times for a conv of almost no FLOPs, so the work is split
+      by kernel row and column instead. cols = unfold(x, (kh, 1)) [B, C, kh, L] (x shifted by each kernel row);
       P = W' [C, kw, kh] @ cols [B, C, kw, L], where P_j sums the rows' taps of kernel column
       j; then ``fold`` with a (1, kw) kernel adds each P_j into the output shifted by column j.
       W' is W [C, kh, kw] transposed, its columns reversed, because fold writes column l of
@@ -90,9 +95,7 @@ class MatmulConv2d(nn.Conv2d):
             cols = cols.reshape(b, g, self.k_flat, h_out * w_out)
             y = ops.matmul(weight.reshape(g, self.out_channels // g, self.k_flat), cols)
         y = y.reshape(b, self.out_channels, h_out, w_out)
-        if self.has_bias:
-            y = ops.bias_add(y, self.bias.astype(y.dtype))   # its gradient (BiasAddGrad) is ~2x a ReduceSum's
-        return y
+        return _add_bias(self, y)
 
     def _depthwise(self, x):
         b, c, h, w = x.shape                        # "same" padding: the output is [B, C, H, W]
@@ -103,9 +106,7 @@ class MatmulConv2d(nn.Conv2d):
         cols = ops.matmul(weight, rows)                                                  # [B, C, kw, H*W]
         y = ops.fold(cols.reshape(b, c * self.kw, h * w), ms.Tensor((h, w), ms.int32),
                      (1, self.kw), dilation=1, padding=(0, self.pw), stride=1)
-        if self.has_bias:
-            y = ops.bias_add(y, self.bias.astype(y.dtype))   # its gradient (BiasAddGrad) is ~2x a ReduceSum's
-        return y
+        return _add_bias(self, y)
 
 
 class MatmulConvTranspose2d(nn.Conv2dTranspose):
@@ -135,6 +136,4 @@ class MatmulConvTranspose2d(nn.Conv2dTranspose):
                        x.reshape(b, self.in_channels, h * w))                   # [B, C_out*k*k, H*W]
         y = ops.fold(cols, ms.Tensor((h_out, w_out), ms.int32), (self.kh, self.kw), dilation=1,
                      padding=(self.ph, self.pw), stride=(self.sh, self.sw))
-        if self.has_bias:
-            y = ops.bias_add(y, self.bias.astype(y.dtype))   # its gradient (BiasAddGrad) is ~2x a ReduceSum's
-        return y
+        return _add_bias(self, y)
