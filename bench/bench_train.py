@@ -1,38 +1,36 @@
-"""Train-step speed of the tutorial-size U-Net on CPU, against MindSpore's defaults and a PyTorch peer.
+"""Train-step and sampling speed of the tutorial-size U-Net on CPU, against a PyTorch peer.
 
-    python bench/bench_train.py --quick          # batch 16 cases, sampling, FLOPs, matmul peak
-    python bench/bench_train.py                  # + batch 128 (the tutorial way alone is ~10 min there)
-    python bench/bench_train.py --only graph_b128,pyn_b128 --steps 3
-    python bench/bench_train.py --list           # the case names
+    python bench/bench_train.py                                   # batch 32, 128; 1 core, 2 threads
+    python bench/bench_train.py --batches 32 --threads 1 --variants native,matmul --no_sample
+    python bench/bench_train.py --no_pin --threads 1              # 1 kernel thread, both cores free
+    python bench/bench_train.py --list                            # the case names
 
 Every case runs in a fresh subprocess, because the oneDNN ISA cap must be in the environment
 before ``import mindspore`` and MindSpore's CPU thread count can be set only once per process.
 A case runs the real train step of ``ddpm_ms.trainer`` (Huber loss with p2 weights, Adam,
-global-norm clipping, EMA; U-Net dim 28, channels 1, mults 1,2,4 on 28x28, 2,996,315
-parameters), ``warmup`` untimed steps (the first one compiles in graph mode), then ``steps``
-timed steps, each synchronised. Reported: images/s, first-step seconds (compile + one step),
-peak RSS, achieved GFLOP/s (training = 3 x the forward FLOPs, counted per conv / dense /
+global-norm clipping, EMA; U-Net dim 28, channels 1, mults 1,2,4 on 28x28), ``warmup``
+untimed steps (the first one compiles in graph mode), then ``steps`` timed steps, each
+synchronised. Reported: images/s, images per CPU-second, first-step seconds (compile + one
+step), peak RSS, achieved GFLOP/s (training = 3 x the forward FLOPs, counted per conv / dense /
 attention matmul) and its share of a 2048^2 fp32 matmul measured in the same run.
 
-Cases ("ours" = the settings ``ddpm_ms.cpu_env`` applies: oneDNN capped at AVX2 on AVX-512
-CPUs, threads = usable cores; "tutorial" = PYNATIVE with MindSpore's defaults, i.e. no ISA cap
-and its default 25 threads, the way the MindSpore tutorial runs):
+Cases, per batch B and thread count T (CPU settings as ``ddpm_ms.cpu_env`` chooses them for
+the case's conv_impl; T = 1 cases run under ``taskset -c 0`` unless --no_pin):
 
-    tutorial_b16/b128     PYNATIVE, MindSpore defaults
-    pyn_b16/b128          PYNATIVE, ours
-    graph_b16/b128        GRAPH (ms.jit train step, jit_level O0), ours
-    graph_o1_b16/b128     GRAPH with jit_level O1 (graph-kernel fusion)
-    nocap_graph_b16       graph_b16 without the ISA cap            (ablation)
-    t1/t25_graph_b16      graph_b16 with 1 / 25 threads            (ablation; --ablations128 for b128)
-    peer_b16/b128         lucidrains' Unet(dim 28, mults 1,2,4, channels 1) in its GaussianDiffusion,
-                          Adam + clipping + EMA, torch eager, 2 threads (bench/peer_torch.py, run
+    native_bB_tT          MindSpore's conv kernels (conv_impl native, oneDNN capped at AVX2)
+    matmul_bB_tT          ddpm_ms.convs (conv_impl matmul, oneDNN uncapped)
+    matmul_o1_bB_tT       matmul with jit_level O1 (graph-kernel fusion)
+    resnet_bB_tT          the same U-Net with ResNet blocks (4 groups), matmul convs
+    resnet_native_bB_tT   the ResNet-block U-Net with native convs
+    peer_bB_tT            lucidrains' Unet(dim 28, mults 1,2,4, channels 1) in its GaussianDiffusion,
+                          Adam + clipping + EMA, torch eager, T threads (bench/peer_torch.py, run
                           by --peer_python, default /work/venv-bench/bin/python)
-    sample_ddim50         DDIM 50 steps, batch 64, ours (GRAPH) and the peer's
-    flops, matmul         forward FLOPs per image (ours and the peer's) and matmul peaks
+    sample_V_tT           DDIM 50 steps, batch 64, variant V, and peer_sample_tT
+    flops, matmul         forward FLOPs per image (ours, ResNet, the peer's) and matmul peaks
 
-Results go to stdout (one JSON line per case, then a markdown table and the ratios against the
-issue's targets) and to ``--out`` as JSON. Compare ratios from one run: absolute numbers move
-with the machine's load, which is printed before and after.
+Results go to stdout (one JSON line per case, then a markdown table and the ratios against
+issue 15's targets) and to ``--out`` as JSON. Compare ratios from one run: absolute numbers
+move with the machine's load, which is printed before and after.
 """
 import argparse
 import datetime
@@ -62,18 +60,13 @@ def _rss_mb():
 
 
 def _setup_mindspore(spec):
-    """Import MindSpore with the case's settings; returns the module."""
+    """Import MindSpore with the CPU settings cpu_env chooses for the case's conv_impl."""
     os.environ.setdefault("GLOG_v", "3")
-    if spec.get("settings", "ours") == "ours":
-        from ddpm_ms.cpu_env import apply_cpu_env
-        apply_cpu_env(verbose=False, matmul_convs=spec.get("conv_impl", "auto") in ("auto", "matmul"))
-        import mindspore as ms
-        from ddpm_ms.device import setup_device
-        setup_device("CPU", spec.get("mode", "pynative"), verbose=False)
-    else:   # MindSpore defaults, as the tutorial runs: nothing set but the device and the mode
-        import mindspore as ms
-        ms.set_device("CPU")
-        ms.set_context(mode=ms.GRAPH_MODE if spec.get("mode") == "graph" else ms.PYNATIVE_MODE)
+    from ddpm_ms.cpu_env import apply_cpu_env
+    apply_cpu_env(verbose=False, matmul_convs=spec.get("conv_impl", "auto") in ("auto", "matmul"))
+    import mindspore as ms
+    from ddpm_ms.device import setup_device
+    setup_device("CPU", spec.get("mode", "pynative"), verbose=False)
     return ms
 
 
@@ -294,11 +287,9 @@ def worker_main(spec_json):
 
 # ============================================================================ parent side
 def case_env(spec):
-    """Environment for one case: ours = cpu_env chooses (no user overrides); tutorial = none set."""
+    """Environment for one case: cpu_env chooses (no user overrides) but the case's thread count."""
     env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
     env["GLOG_v"] = "3"
-    if spec.get("isa") == "nocap":
-        env["ONEDNN_MAX_CPU_ISA"] = "ALL"   # what oneDNN does by default
     if spec.get("threads"):
         env["DDPM_MS_CPU_THREADS"] = str(spec["threads"])
     return env

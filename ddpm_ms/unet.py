@@ -43,8 +43,8 @@ def conv2d(c_in, c_out, kernel, stride=1, padding=0, group=1, has_bias=True, imp
     fan_in = (c_in // group) * kernel * kernel
     cls = MatmulConv2d if impl == "matmul" else nn.Conv2d
     return cls(c_in, c_out, kernel, stride=stride, pad_mode="pad", padding=padding, group=group,
-                     has_bias=has_bias, weight_init=HeUniform(math.sqrt(5)),
-                     bias_init=_bias_init(fan_in) if has_bias else None)
+               has_bias=has_bias, weight_init=HeUniform(math.sqrt(5)),
+               bias_init=_bias_init(fan_in) if has_bias else None)
 
 
 def conv_transpose2d(c_in, c_out, kernel, stride, padding, impl="native"):
@@ -54,8 +54,8 @@ def conv_transpose2d(c_in, c_out, kernel, stride, padding, impl="native"):
     """
     cls = MatmulConvTranspose2d if impl == "matmul" else nn.Conv2dTranspose
     return cls(c_in, c_out, kernel, stride=stride, pad_mode="pad", padding=padding,
-                              has_bias=True, weight_init=HeUniform(math.sqrt(5)),
-                              bias_init=_bias_init(c_out * kernel * kernel))
+               has_bias=True, weight_init=HeUniform(math.sqrt(5)),
+               bias_init=_bias_init(c_out * kernel * kernel))
 
 
 def dense(c_in, c_out):
