@@ -1,4 +1,4 @@
-"""Check ddpm_ms.inception against pytorch-fid itself: same random weights, same images.
+"""Check ddpm_ms.eval.inception against pytorch-fid itself: same random weights, same images.
 
 Needs torch, torchvision and pytorch-fid beside MindSpore (a separate venv; see
 BENCHMARKS.md for the one used). Nothing is downloaded: the weights are random, so the check
@@ -10,7 +10,7 @@ covers the architecture, the conversion and the preprocessing, not the published
    batch-norm statistics and is saved as a ``.pth``, the layout of pytorch-fid's file.
 2. pytorch-fid's ``InceptionV3([3])`` is built from that file (its downloader is pointed
    at it), with its own FID blocks, resize and normalisation.
-3. ``python -m ddpm_ms.inception convert`` converts the ``.pth``; ddpm_ms computes pool3
+3. ``python -m ddpm_ms.eval.inception convert`` converts the ``.pth``; ddpm_ms computes pool3
    features of the same CIFAR-10 test images; the two feature sets are compared.
 """
 import argparse
@@ -65,19 +65,19 @@ def main(argv=None):
     p.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-bin"))
     p.add_argument("--num_images", type=int, default=8)
     args = p.parse_args(argv)
-    from ddpm_ms.evaluate import load_cifar10
+    from ddpm_ms.eval.evaluate import load_cifar10
     images = load_cifar10(args.data_dir)[:args.num_images]
     with tempfile.TemporaryDirectory() as tmp:
         pth, ckpt = os.path.join(tmp, "pt_inception_random.pth"), os.path.join(tmp, "inception_fid.ckpt")
         random_torch_inception(pth)
         ref = pytorch_fid_features(pth, images)
-        r = subprocess.run([sys.executable, "-m", "ddpm_ms.inception", "convert", "--pth", pth, "--out", ckpt],
+        r = subprocess.run([sys.executable, "-m", "ddpm_ms.eval.inception", "convert", "--pth", pth, "--out", ckpt],
                            cwd=ROOT, capture_output=True, text=True)
         print(r.stdout.strip() or r.stderr.strip())
         if r.returncode:
             return r.returncode
         from ddpm_ms.device import setup_device
-        from ddpm_ms.inception import inception_features, load_inception
+        from ddpm_ms.eval.inception import inception_features, load_inception
         setup_device("CPU", "pynative", -1, verbose=False)
         net, _ = load_inception(ckpt)
         ours = inception_features(net, images, batch_size=args.num_images)

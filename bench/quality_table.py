@@ -17,7 +17,7 @@ Each row ``ddimS:ETA``, ``dpmpp2mS`` (DPM-Solver++(2M), S steps) or ``ddpm`` (al
 draws ``--num_samples`` images from the
 checkpoint's EMA weights with the same seed (so every row starts from the same x_T), writes
 them to ``<out>/<row>/samples.npz``, and scores them against the Fashion-MNIST test split
-with ``ddpm_ms.evaluate``'s metrics on the project's classifier features (FID, KID,
+with ``ddpm_ms.eval.evaluate``'s metrics on the project's classifier features (FID, KID,
 precision/recall, k = 3). A row whose samples.npz already holds enough images is scored
 without sampling again, so an interrupted table resumes where it stopped. A ``real`` row
 scores ``--num_samples`` training images against the same reference: the FID floor for
@@ -200,8 +200,8 @@ def main(argv=None):
 
     from ddpm_ms.data import to_uint8
     from ddpm_ms.device import setup_device
-    from ddpm_ms.evaluate import _classifier, evaluate_images
-    from ddpm_ms.feature_net import extract_features, load_fashion_mnist
+    from ddpm_ms.eval.evaluate import _classifier, evaluate_images
+    from ddpm_ms.eval.feature_net import extract_features, load_fashion_mnist
     from ddpm_ms.sample_job import image_shape, load_network, sampling_options, save_npz
     from ddpm_ms.sampling import sample
     from ddpm_ms.trainer import build_schedule

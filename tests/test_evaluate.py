@@ -15,8 +15,8 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from ddpm_ms import evaluate, metrics
-from ddpm_ms import feature_net as fn
+from ddpm_ms.eval import evaluate, metrics
+from ddpm_ms.eval import feature_net as fn
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "num_samples", "num_ref",
@@ -183,10 +183,10 @@ def test_cli_one_line_errors(capsys, tmp_path, random_classifier, tiny_sets, cas
 
 def test_cli_subprocess_error_and_help(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "ddpm_ms.evaluate", "--samples", str(tmp_path / "x.npz")],
+    r = subprocess.run([sys.executable, "-m", "ddpm_ms.eval.evaluate", "--samples", str(tmp_path / "x.npz")],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: samples file not found: {tmp_path / 'x.npz'}"]
-    r = subprocess.run([sys.executable, "-m", "ddpm_ms.evaluate", "--help"],
+    r = subprocess.run([sys.executable, "-m", "ddpm_ms.eval.evaluate", "--help"],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 0 and "trained first" in r.stdout and "--inception_ckpt" in r.stdout
 
@@ -220,5 +220,5 @@ def test_trained_classifier_accuracy_and_fid_separation(fashion_mnist_dir, tmp_p
     assert fid_noise > 10 * fid_real
     assert min(pr_real) > 0.6 and dc_real[1] > 0.6
     # Noise precision is NOT checked: one outlying real image can cover the whole noise
-    # cluster (see ddpm_ms.evaluate's docstring). Recall and coverage are robust.
+    # cluster (see ddpm_ms.eval.evaluate's docstring). Recall and coverage are robust.
     assert pr_noise[1] < 0.1 and dc_noise[1] < 0.05

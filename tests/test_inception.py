@@ -1,4 +1,4 @@
-"""FID InceptionV3 (ddpm_ms.inception): layers against numpy references, the pytorch-fid name
+"""FID InceptionV3 (ddpm_ms.eval.inception): layers against numpy references, the pytorch-fid name
 conversion, checkpoint errors, and the evaluate CLI on RGB data with random weights.
 
 The whole network against pytorch-fid itself (random weights, same images) is checked by
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import DATA_ROOT
-from ddpm_ms import evaluate
-from ddpm_ms import inception as inc
-from ddpm_ms.feature_net import sha256_file
+from ddpm_ms.eval import evaluate
+from ddpm_ms.eval import inception as inc
+from ddpm_ms.eval.feature_net import sha256_file
 
 RNG = np.random.default_rng(0)
 

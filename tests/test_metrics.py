@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ddpm_ms import metrics
+from ddpm_ms.eval import metrics
 
 
 def _random_spd(rng, d, rank=None):

@@ -52,7 +52,7 @@ def test_missing_device_is_one_line(target, hint, tmp_path):
 @pytest.mark.parametrize("module, args", [
     ("sample.py", ["--ckpt", "missing.ckpt"]),
     ("ddpm_ms.export", ["--ckpt", "missing.ckpt", "--out", "x.mindir"]),
-    ("ddpm_ms.feature_net", ["--out", "x.ckpt"]),
+    ("ddpm_ms.eval.feature_net", ["--out", "x.ckpt"]),
     ("ddpm_ms.pictures", ["reverse", "--ckpt", "missing.ckpt", "--out", "x.png"]),
 ])
 def test_missing_device_is_one_line_in_every_entry_point(module, args, tmp_path):

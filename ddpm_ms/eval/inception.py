@@ -11,10 +11,10 @@ Nothing is downloaded. You provide the weights once, converted from pytorch-fid'
 
     pip install torch                                        # only for the conversion
     # pt_inception-2015-12-05-6726825d.pth, from pytorch-fid's GitHub releases
-    python -m ddpm_ms.inception convert --pth pt_inception-2015-12-05-6726825d.pth \\
+    python -m ddpm_ms.eval.inception convert --pth pt_inception-2015-12-05-6726825d.pth \\
         --out inception_fid.ckpt
 
-then ``python -m ddpm_ms.evaluate --samples s.npz --ref cifar10 --data_dir DIR
+then ``python -m ddpm_ms.eval.evaluate --samples s.npz --ref cifar10 --data_dir DIR
 --inception_ckpt inception_fid.ckpt``. Cell names follow torchvision's ``Inception3``
 (``Mixed_6b.branch7x7_2.conv.weight``); only the batch-norm names change (``weight``,
 ``bias``, ``running_mean``, ``running_var`` -> ``gamma``, ``beta``, ``moving_mean``,
@@ -255,7 +255,7 @@ def load_inception(path):
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         raise InceptionError(f"InceptionV3 checkpoint not found: {path} (convert pytorch-fid's weights: "
-                             f"python -m ddpm_ms.inception convert --pth pt_inception-2015-12-05-6726825d.pth "
+                             f"python -m ddpm_ms.eval.inception convert --pth pt_inception-2015-12-05-6726825d.pth "
                              f"--out {path})")
     try:
         params = ms.load_checkpoint(path)
@@ -264,7 +264,7 @@ def load_inception(path):
                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     net = FIDInceptionV3()
     want = _check_params(net, params, f"{path} is not an FID InceptionV3 checkpoint", path,
-                         "; convert it with python -m ddpm_ms.inception convert")
+                         "; convert it with python -m ddpm_ms.eval.inception convert")
     ms.load_param_into_net(net, {n: params[n] for n in want})
     net.set_train(False)
     from .feature_net import sha256_file
@@ -304,7 +304,7 @@ def write_checkpoint(arrays, out, source="state dict"):
     """Check converted ``arrays`` against the network and write them to ``out`` atomically
     (temporary file, then rename)."""
     want = _check_params(FIDInceptionV3(), arrays, f"{source} is not an Inception3 state dict", source)
-    from .checkpoint import save_atomic
+    from ..checkpoint import save_atomic
     return save_atomic([{"name": n, "data": ms.Tensor(np.asarray(arrays[n], np.float32))} for n in want], out)
 
 
@@ -326,9 +326,9 @@ def convert_pth(pth, out):
 
 
 def main(argv=None):
-    from .cpu_env import apply_cpu_env
+    from ..cpu_env import apply_cpu_env
     apply_cpu_env(verbose=False)
-    p = argparse.ArgumentParser(description="FID InceptionV3 weights for ddpm_ms.evaluate")
+    p = argparse.ArgumentParser(description="FID InceptionV3 weights for ddpm_ms.eval.evaluate")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="pytorch-fid's pt_inception .pth -> MindSpore .ckpt (needs torch)")
     c.add_argument("--pth", required=True)

@@ -1,6 +1,6 @@
 """Score a set of samples against a reference: FID, KID, precision and recall.
 
-    python -m ddpm_ms.evaluate --samples out/samples.npz --ref fashion_mnist \
+    python -m ddpm_ms.eval.evaluate --samples out/samples.npz --ref fashion_mnist \
         [--data_dir data/fashion-mnist] [--ref_split test|train] [--num_ref N] [--classifier PATH]
 
 ``samples.npz`` holds ``images``: uint8 (N, H, W, C), as written by ``sample.py``. ``--ref``
@@ -12,14 +12,14 @@ Precision can be fooled: in our feature space uniform-noise images form one tigh
 that sits inside the k-NN ball of a single outlying real image, giving precision ~1 for pure
 noise. Read it together with ``coverage`` (Naeem et al. 2020), which stays ~0 there.
 
-Fashion-MNIST features come from our own classifier (``ddpm_ms.feature_net``), so its FID is
+Fashion-MNIST features come from our own classifier (``ddpm_ms.eval.feature_net``), so its FID is
 NOT comparable with Inception-based FIDs in papers, only between runs reporting the same
 ``feature_net.sha256``. When the classifier cache is missing it is trained first (a few
 minutes on CPU, once).
 
 RGB data (``--ref cifar10``: the official binary batches; ``--ref image_folder``: the images
 under ``--data_dir``; or RGB ``.npz`` sets) is scored on InceptionV3 pool3 features, the
-network of published FIDs (``ddpm_ms.inception``). Its weights are a checkpoint you convert
+network of published FIDs (``ddpm_ms.eval.inception``). Its weights are a checkpoint you convert
 once from pytorch-fid's file and pass as ``--inception_ckpt``; nothing is downloaded.
 ``--inception_ckpt`` also scores 28x28x1 sets with Inception (channels repeated).
 """
@@ -72,7 +72,7 @@ def load_samples(path, what="samples"):
 def _need_inception(args):
     if not args.inception_ckpt:
         raise EvalError("RGB FID needs --inception_ckpt PATH (InceptionV3 weights converted once with "
-                        "python -m ddpm_ms.inception convert; nothing is downloaded)")
+                        "python -m ddpm_ms.eval.inception convert; nothing is downloaded)")
 
 
 def load_cifar10(data_dir, split="test"):
@@ -97,7 +97,7 @@ def load_cifar10(data_dir, split="test"):
 def load_folder_images(data_dir, size):
     """uint8 (N, size, size, 3): every image under ``data_dir``, short side resized to ``size``
     and centre-cropped (as the training pipeline does)."""
-    from .data import IMAGE_EXTENSIONS, _list_images, load_image
+    from ..data import IMAGE_EXTENSIONS, _list_images, load_image
     if not os.path.isdir(data_dir):
         raise EvalError(f"image folder not found: {data_dir}")
     paths = _list_images(data_dir)
@@ -173,10 +173,10 @@ def evaluate_images(fake_feats, real_feats, kid_subsets=100, kid_subset_size=100
 def build_arg_parser():
     p = argparse.ArgumentParser(
         description="FID / KID / precision / recall of samples against a reference; prints JSON. "
-                    "Fashion-MNIST uses our own classifier's 128-d features (ddpm_ms.feature_net); if its "
+                    "Fashion-MNIST uses our own classifier's 128-d features (ddpm_ms.eval.feature_net); if its "
                     "cache is missing it is trained first (a few CPU minutes, once). RGB data "
                     "(cifar10, image_folder, RGB npz) uses InceptionV3 pool3 features from --inception_ckpt "
-                    "(converted once with python -m ddpm_ms.inception convert).",
+                    "(converted once with python -m ddpm_ms.eval.inception convert).",
         allow_abbrev=False)
     p.add_argument("--samples", required=True, help="npz with 'images' uint8 (N, H, W, C)")
     p.add_argument("--ref", default="fashion_mnist",
@@ -191,7 +191,7 @@ def build_arg_parser():
                    help="feature classifier checkpoint (default: $DDPM_MS_CACHE or ~/.cache/ddpm_ms/"
                         "fmnist_classifier.ckpt; trained when missing)")
     p.add_argument("--inception_ckpt", default=None,
-                   help="FID InceptionV3 weights (python -m ddpm_ms.inception convert); required for RGB data")
+                   help="FID InceptionV3 weights (python -m ddpm_ms.eval.inception convert); required for RGB data")
     p.add_argument("--batch_size", type=int, default=50, help="images per InceptionV3 forward pass")
     p.add_argument("--kid_subsets", type=int, default=100)
     p.add_argument("--kid_subset_size", type=int, default=1000)
@@ -230,7 +230,7 @@ def run(args):
         raise EvalError(f"--k {args.k} needs more than {args.k} images in each set "
                         f"(samples {len(fake)}, reference {len(real)})")
 
-    from .device import setup_device
+    from ..device import setup_device
     setup_device(args.device_target, mode="pynative", verbose=False)
     if use_inception:
         from .inception import inception_features
@@ -250,10 +250,10 @@ def run(args):
 
 
 def main(argv=None):
-    from .cpu_env import apply_cpu_env
+    from ..cpu_env import apply_cpu_env
     apply_cpu_env(verbose=False)
     args = build_arg_parser().parse_args(argv)
-    from .cli import _user_errors
+    from ..cli import _user_errors
     try:
         result = run(args)
     except EvalError as e:

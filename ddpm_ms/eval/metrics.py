@@ -2,7 +2,7 @@
 
 numpy only (no MindSpore, no scipy), all arithmetic in float64. Every function takes
 features of shape (N, D), one row per image, from any feature network (see
-``ddpm_ms.feature_net`` for Fashion-MNIST).
+``ddpm_ms.eval.feature_net`` for Fashion-MNIST).
 
 * FID  -- Heusel et al. 2017, "GANs trained by a two time-scale update rule ...":
   Frechet distance between Gaussians fitted to the two feature sets.

@@ -12,7 +12,7 @@ the wide convs so one epoch costs a few minutes on two CPU cores.
 Train and cache (default ``$DDPM_MS_CACHE/fmnist_classifier.ckpt``, else
 ``~/.cache/ddpm_ms/fmnist_classifier.ckpt``)::
 
-    python -m ddpm_ms.feature_net --data_dir data/fashion-mnist [--out PATH] [--epochs 2]
+    python -m ddpm_ms.eval.feature_net --data_dir data/fashion-mnist [--out PATH] [--epochs 2]
 
 Beside the checkpoint, ``<ckpt>.json`` records the test accuracy, epochs, seed and the
 checkpoint's SHA-256; ``load_feature_net`` refuses a checkpoint that does not match it.
@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from .cpu_env import apply_cpu_env
+from ..cpu_env import apply_cpu_env
 
 apply_cpu_env(verbose=False)  # before MindSpore is imported (idempotent)
 
@@ -206,7 +206,7 @@ def read_meta(path):
         with open(meta_path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FeatureNetError(f"{meta_path} is missing; retrain with python -m ddpm_ms.feature_net") from None
+        raise FeatureNetError(f"{meta_path} is missing; retrain with python -m ddpm_ms.eval.feature_net") from None
     except (OSError, ValueError) as e:
         raise FeatureNetError(f"cannot read {meta_path}: {e}") from None
 
@@ -217,12 +217,12 @@ def load_feature_net(path):
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         raise FeatureNetError(f"classifier checkpoint not found: {path} "
-                              f"(train it: python -m ddpm_ms.feature_net --out {path})")
+                              f"(train it: python -m ddpm_ms.eval.feature_net --out {path})")
     meta = read_meta(path)
     digest = sha256_file(path)
     if meta.get("sha256") != digest:
         raise FeatureNetError(f"{path} does not match {_meta_path(path)} (sha256 {digest[:12]}... vs "
-                              f"{str(meta.get('sha256'))[:12]}...); retrain with python -m ddpm_ms.feature_net")
+                              f"{str(meta.get('sha256'))[:12]}...); retrain with python -m ddpm_ms.eval.feature_net")
     if meta.get("name") != NET_NAME:
         raise FeatureNetError(f"{path} holds {meta.get('name')!r}, this code needs {NET_NAME!r}; retrain it")
     net = FashionCNN()
@@ -305,7 +305,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device_target", default="CPU", choices=("auto", "CPU", "GPU", "Ascend"))
     args = p.parse_args(argv)
-    from .device import DeviceError, setup_device
+    from ..device import DeviceError, setup_device
     try:
         setup_device(args.device_target, mode="pynative", verbose=False)
     except DeviceError as e:
