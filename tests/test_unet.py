@@ -272,3 +272,127 @@ def test_softmax_cell_gradient_matches_softmax_gradient(mode, dtype):
         np.testing.assert_allclose(cell(ms.Tensor(x)).asnumpy(), y, atol=1e-6)
     finally:
         ms.set_context(mode=old)
+
+
+# ----------------------------------------------------------------- numpy references (einsum)
+# Independent float64 numpy versions of the blocks, written from the papers / annotated-diffusion
+# with einsum (not from unet.py's bmm-and-transpose code), fed the cells' own weights.
+
+def _np_conv(x, conv, padding=0, groups=1):
+    """Cross-correlation of x [B, C, H, W] with conv's weight [O, C/groups, k, k] and bias."""
+    w = conv.weight.asnumpy().astype(np.float64)
+    out_c, cg, k, _ = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))   # [B, C, H', W', k, k]
+    b, _, ho, wo = win.shape[:4]
+    win = win.reshape(b, groups, cg, ho, wo, k, k)
+    out = np.einsum("bgchwij,gocij->bgohw", win, w.reshape(groups, out_c // groups, cg, k, k))
+    out = out.reshape(b, out_c, ho, wo)
+    if conv.has_bias:
+        out = out + conv.bias.asnumpy().astype(np.float64)[None, :, None, None]
+    return out
+
+
+def _np_group_norm(x, gn, groups):
+    b = x.shape[0]
+    xg = x.reshape(b, groups, -1)
+    y = (xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + 1e-5)
+    y = y.reshape(x.shape)
+    return y * gn.gamma.asnumpy()[None, :, None, None] + gn.beta.asnumpy()[None, :, None, None]
+
+
+def _np_softmax(x, axis):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def _np_heads(x, cell):
+    """qkv projection split into heads: q, k, v each [B, heads, d, n] (channel = head * d + i)."""
+    b, _, h, w = x.shape
+    qkv = _np_conv(x, cell.to_qkv)
+    q, k, v = np.split(qkv, 3, axis=1)
+    return [a.reshape(b, cell.heads, cell.head_dim, h * w) for a in (q, k, v)]
+
+
+def _np_attention(x, cell):
+    """Softmax attention: sim_ij = (q_i . k_j) / sqrt(d); out_i = sum_j softmax_j(sim_ij) v_j."""
+    b, _, h, w = x.shape
+    q, k, v = _np_heads(x, cell)
+    sim = np.einsum("bhdi,bhdj->bhij", q / np.sqrt(cell.head_dim), k)
+    out = np.einsum("bhij,bhdj->bhdi", _np_softmax(sim, -1), v)
+    return _np_conv(out.reshape(b, -1, h, w), cell.to_out)
+
+
+def _np_linear_attention(x, cell):
+    """Shen et al. 2018: q softmaxed over d, k over positions; context = k v^T; out = context^T q."""
+    b, _, h, w = x.shape
+    q, k, v = _np_heads(x, cell)
+    q = _np_softmax(q, 2) / np.sqrt(cell.head_dim)
+    k = _np_softmax(k, 3)
+    context = np.einsum("bhdn,bhen->bhde", k, v)
+    out = np.einsum("bhde,bhdn->bhen", context, q).reshape(b, -1, h, w)
+    conv, gn = cell.to_out[0], cell.to_out[1]
+    return _np_group_norm(_np_conv(out, conv), gn, 1)
+
+
+def _np_dense(x, dense_cell):
+    return x @ dense_cell.weight.asnumpy().T.astype(np.float64) + dense_cell.bias.asnumpy()
+
+
+def _np_convnext(x, t_emb, cell):
+    """h = dwconv7(x) + Dense(GELU(t_emb)); out = conv3(GN(GELU(conv3(GN(h))))) + res_conv(x)."""
+    c_in = x.shape[1]
+    h = _np_conv(x, cell.ds_conv, padding=3, groups=c_in)
+    h = h + _np_dense(_erf_gelu(t_emb), cell.mlp[1])[:, :, None, None]
+    gn1, conv1, _, gn2, conv2 = cell.net
+    h = _np_conv(_np_group_norm(h, gn1, 1), conv1, padding=1)
+    h = _np_conv(_np_group_norm(_erf_gelu(h), gn2, 1), conv2, padding=1)
+    res = _np_conv(x, cell.res_conv) if isinstance(cell.res_conv, (nn.Conv2d,)) else x
+    return h + res
+
+
+def _randomize_norms(cell, seed):
+    """GroupNorm gamma/beta away from their 1/0 init, so the reference checks they are used."""
+    rng = np.random.default_rng(seed)
+    for _, sub in cell.cells_and_names():
+        if isinstance(sub, nn.GroupNorm):
+            sub.gamma.set_data(ms.Tensor((1 + 0.3 * rng.standard_normal(sub.gamma.shape)).astype(np.float32)))
+            sub.beta.set_data(ms.Tensor((0.3 * rng.standard_normal(sub.beta.shape)).astype(np.float32)))
+
+
+def _close(got, want, tol=1e-5):
+    """|got - want| <= tol * max|want| elementwise (float32 against float64)."""
+    err = np.abs(got.astype(np.float64) - want).max()
+    assert err <= tol * np.abs(want).max(), f"max error {err:.3g}, scale {np.abs(want).max():.3g}"
+
+
+@pytest.mark.parametrize("conv_impl", ["native", "matmul"])
+def test_softmax_attention_matches_numpy_einsum(conv_impl):
+    from ddpm_ms.unet import Attention
+    ms.set_seed(11)
+    cell = Attention(6, heads=2, head_dim=4, conv_impl=conv_impl)
+    x = np.random.default_rng(12).standard_normal((2, 6, 5, 3))   # n = 15 positions, H != W
+    _close(cell(ms.Tensor(x.astype(np.float32))).asnumpy(), _np_attention(x, cell))
+
+
+@pytest.mark.parametrize("conv_impl", ["native", "matmul"])
+def test_linear_attention_matches_numpy_einsum(conv_impl):
+    from ddpm_ms.unet import LinearAttention
+    ms.set_seed(13)
+    cell = LinearAttention(6, heads=2, head_dim=4, conv_impl=conv_impl)
+    _randomize_norms(cell, 14)
+    x = np.random.default_rng(15).standard_normal((2, 6, 5, 3))
+    _close(cell(ms.Tensor(x.astype(np.float32))).asnumpy(), _np_linear_attention(x, cell))
+
+
+@pytest.mark.parametrize("c_in,c_out", [(4, 6), (6, 6)])        # with and without the 1x1 res conv
+@pytest.mark.parametrize("conv_impl", ["native", "matmul"])
+def test_convnext_block_matches_numpy(c_in, c_out, conv_impl):
+    from ddpm_ms.unet import ConvNextBlock
+    ms.set_seed(16)
+    cell = ConvNextBlock(c_in, c_out, time_dim=8, mult=2, conv_impl=conv_impl)
+    _randomize_norms(cell, 17)
+    rng = np.random.default_rng(18)
+    x, t_emb = rng.standard_normal((2, c_in, 9, 9)), rng.standard_normal((2, 8))
+    got = cell(ms.Tensor(x.astype(np.float32)), ms.Tensor(t_emb.astype(np.float32))).asnumpy()
+    _close(got, _np_convnext(x, t_emb, cell))
