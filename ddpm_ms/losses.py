@@ -11,21 +11,24 @@ from ddpm_ms.schedule import (LOSS_TYPES, OBJECTIVES, check_choice, extract, q_s
 
 
 class DiffusionLoss(nn.Cell):
-    """Weighted denoising loss (Ho et al. eq. 14 generalised to objectives, loss types and p2 weights).
+    """Weighted denoising loss (Ho et al. eq. 14 generalised to objectives, loss types and weightings).
 
         xt     = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise
         out    = network(xt, t)
         target = noise (eps) | x0 (x0) | sqrt(abar_t) noise - sqrt(1 - abar_t) x0 (v)
-        loss   = mean_b [ p2_weight[t_b] * mean_{c,h,w} rho(out - target) ]
+        loss   = mean_b [ weight[t_b] * mean_{c,h,w} rho(out - target) ]
         rho    = huber (smooth L1, beta 1) | |.| (l1) | (.)^2 (l2)
-        p2_weight = (p2_k + snr_t) ** -p2_gamma  (Choi et al. 2022; gamma = 0: unweighted)
+        weight = ``NoiseSchedule.loss_weight``: the weighting (p2 (p2_gamma, p2_k) | min_snr
+                 (min_snr_gamma) | none) is defined on the eps error and converted to the
+                 objective's output, so p2 means the same with eps, x0 and v
 
     construct(x0 float32 [B, C, H, W], t int32 [B], noise float32 [B, C, H, W]) -> float32 scalar.
     The network is called as network(xt, t); its output is cast to float32, so the loss and the
     schedule tables (float32 Tensors, not Parameters) stay float32 under mixed precision.
     """
 
-    def __init__(self, network, schedule, objective="eps", loss_type="huber", p2_gamma=1.0, p2_k=1.0):
+    def __init__(self, network, schedule, objective="eps", loss_type="huber", p2_gamma=1.0, p2_k=1.0,
+                 loss_weight="p2", min_snr_gamma=5.0):
         super().__init__()
         self.network = network
         self.objective = check_choice("objective", objective, OBJECTIVES)
@@ -37,7 +40,8 @@ class DiffusionLoss(nn.Cell):
         u, w = target_coefs(objective, schedule.alphas_cumprod)
         self.target_x0_coef = to_float32_tensor(u)
         self.target_eps_coef = to_float32_tensor(w)
-        self.p2_weight = to_float32_tensor(schedule.p2_weight(p2_gamma, p2_k))
+        self.weight = to_float32_tensor(schedule.loss_weight(loss_weight, objective, loss_type, p2_gamma,
+                                                             p2_k, min_snr_gamma))
 
     def construct(self, x0, t, noise):
         ndim = len(x0.shape)
@@ -53,4 +57,4 @@ class DiffusionLoss(nn.Cell):
             abs_diff = ops.abs(diff)
             per_elem = ops.where(abs_diff < 1.0, 0.5 * diff * diff, abs_diff - 0.5)
         per_sample = per_elem.reshape((per_elem.shape[0], -1)).mean(axis=1)
-        return (per_sample * self.p2_weight[t]).mean()
+        return (per_sample * self.weight[t]).mean()

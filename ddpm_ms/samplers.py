@@ -30,7 +30,7 @@ from ddpm_ms.schedule import OBJECTIVES, check_choice, eps_coefs, x0_coefs
 
 COEF_NAMES = ("a", "b", "c", "d", "e", "f", "g", "sigma", "e_last")
 SAMPLERS = ("ddpm", "ddim", "naive", "dpmpp2m")
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = ("leading", "trailing", "linspace", "lucid")
 FINAL_SIGMAS = ("zero", "sigma_min")
 
 
@@ -57,6 +57,8 @@ def timestep_grid(num_timesteps, num_steps, spacing="leading"):
     leading:  i * (T // S)                          for i in range(S)     (DDIM paper, diffusers)
     trailing: round(T - i * T / S) - 1              for i in range(S)     (Lin et al. 2023, ends at T-1)
     linspace: round(linspace(0, T - 1, S))
+    lucid:    trunc(linspace(-1, T - 1, S + 1))[1:]                    (denoising-diffusion-pytorch's DDIM
+              grid, ends at T-1; ``lucid_grid`` rounds the linspace as its float32 torch code does)
     """
     check_choice("spacing", spacing, SPACINGS)
     T, S = num_timesteps, num_steps
@@ -67,11 +69,28 @@ def timestep_grid(num_timesteps, num_steps, spacing="leading"):
         grid = np.arange(S) * (T // S)
     elif spacing == "trailing":
         grid = np.round(T - np.arange(S) * T / S).astype(np.int64)[::-1] - 1
+    elif spacing == "lucid":
+        grid = lucid_grid(T, S)
     else:
         grid = np.round(np.linspace(0, T - 1, S)).astype(np.int64)
     grid = np.asarray(grid, dtype=np.int64)
     assert len(np.unique(grid)) == S and grid[0] >= 0 and grid[-1] <= T - 1, grid
     return grid
+
+
+def lucid_grid(num_timesteps, num_steps):
+    """int64 [S]: trunc(linspace(-1, T - 1, S + 1))[1:], the linspace in float32 rounded exactly as
+    torch 2.x's CPU ``torch.linspace`` computes it (step = (end - start) / S in float32; entry i =
+    start + step * i below the middle, end - step * (S - i) from it, each a fused multiply-add),
+    so truncation lands where denoising-diffusion-pytorch's ``ddim_sample`` lands (a float64
+    linspace truncates e.g. 511 where torch has 510.99997 for T = 1024, S = 14)."""
+    T, S = int(num_timesteps), int(num_steps)
+    start, end = np.float32(-1.0), np.float32(T - 1)
+    step = np.float64(np.float32((end - start) / np.float32(S)))
+    i = np.arange(S + 1, dtype=np.float64)
+    # float32 products are exact in float64, so one rounding to float32 is the fused result
+    values = np.where(i < (S + 1) // 2, start + step * i, end - step * (S - i)).astype(np.float32)
+    return np.trunc(values).astype(np.int64)[1:]
 
 
 def _draw_noise(x):
@@ -264,10 +283,11 @@ def solver_timestep_grid(num_timesteps, num_steps, spacing="leading"):
         leading:  i * (T // (S + 1))                 for i in 1 .. S
         linspace: round(linspace(0, T - 1, S + 1))[1:]
         trailing: round(T - i * T / S) - 1           for i in range(S)
+        lucid:    ``lucid_grid`` itself (it ends at T - 1, like trailing)
     With S = T every spacing gives all T timesteps.
     """
     grid = timestep_grid(num_timesteps, num_steps, spacing)  # validates spacing and S in [1, T]
-    if spacing == "trailing" or len(grid) == num_timesteps:
+    if spacing in ("trailing", "lucid") or len(grid) == num_timesteps:
         return grid
     return timestep_grid(num_timesteps, len(grid) + 1, spacing)[1:]
 

@@ -20,7 +20,8 @@ import warnings
 
 import numpy as np
 
-BETA_SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
+BETA_SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid", "sigmoid_abar")
+LOSS_WEIGHTS = ("p2", "min_snr", "none")
 OBJECTIVES = ("eps", "x0", "v")
 LOSS_TYPES = ("huber", "l1", "l2")
 
@@ -58,14 +59,31 @@ def cosine_alphas_cumprod(t, timesteps, s=0.008):
     return f(t) / f(0)
 
 
+def sigmoid_alphas_cumprod(t, timesteps, start=-3.0, end=3.0, tau=1.0):
+    """Jabri et al. (2022, arXiv 2212.11972, Fig. 8) on abar: abar(t) = (s(end/tau) - s((u (end - start)
+    + start)/tau)) / (s(end/tau) - s(start/tau)), u = t/T, s the logistic sigmoid; abar(0) = 1.
+
+    ``t`` is continuous in [0, T] in the paper's numbering (denoising-diffusion-pytorch's
+    ``sigmoid_beta_schedule``; the defaults are its start -3, end 3, tau 1).
+    """
+    def s(x):
+        return 1.0 / (1.0 + np.exp(-x))
+    u = np.asarray(t, dtype=np.float64) / timesteps
+    v_start, v_end = s(start / tau), s(end / tau)
+    abar = (v_end - s((u * (end - start) + start) / tau)) / (v_end - v_start)
+    return abar / abar[0] if abar.ndim else abar
+
+
 def make_betas(kind="linear", timesteps=1000, beta_start=None, beta_end=None,
                cosine_s=0.008, max_beta=0.999):
     """Betas of shape [T], float64, every entry in (0, 1).
 
     linear:    linspace(start, end, T)
     quadratic: linspace(sqrt(start), sqrt(end), T) ** 2
-    sigmoid:   sigmoid(linspace(-6, 6, T)) * (end - start) + start
+    sigmoid:   sigmoid(linspace(-6, 6, T)) * (end - start) + start (a sigmoid on the betas)
     cosine:    beta_t = min(1 - abar(t+1)/abar(t), max_beta), abar from ``cosine_alphas_cumprod``
+    sigmoid_abar: the same with abar from ``sigmoid_alphas_cumprod`` (Jabri et al.; a sigmoid
+               on abar, denoising-diffusion-pytorch's default ``sigmoid``); start/end unused
     start/end default to 1e-4/0.02 at T = 1000 and are scaled by 1000/T otherwise.
     """
     check_choice("beta_schedule", kind, BETA_SCHEDULES)
@@ -82,8 +100,10 @@ def make_betas(kind="linear", timesteps=1000, beta_start=None, beta_end=None,
     elif kind == "sigmoid":
         x = np.linspace(-6.0, 6.0, timesteps, dtype=np.float64)
         betas = 1.0 / (1.0 + np.exp(-x)) * (end - start) + start
-    else:  # cosine
-        abar = cosine_alphas_cumprod(np.arange(timesteps + 1), timesteps, cosine_s)
+    else:  # cosine, sigmoid_abar
+        t = np.arange(timesteps + 1)
+        abar = (cosine_alphas_cumprod(t, timesteps, cosine_s) if kind == "cosine"
+                else sigmoid_alphas_cumprod(t, timesteps))
         betas = np.minimum(1.0 - abar[1:] / abar[:-1], max_beta)
     if not (np.all(betas > 0.0) and np.all(betas < 1.0)):
         raise ValueError(
@@ -149,6 +169,36 @@ class NoiseSchedule:
         """
         return (k + self.snr) ** -float(gamma)
 
+    def eps_loss_weight(self, weighting="p2", p2_gamma=1.0, p2_k=1.0, min_snr_gamma=5.0):
+        """Weight [T] on the squared eps error ||eps_pred - eps||^2 (every weighting is defined here):
+
+        none:    1
+        p2:      (p2_k + snr) ** -p2_gamma          (Choi et al. 2022; gamma 0 = none)
+        min_snr: min(snr, min_snr_gamma) / snr      (Hang et al. 2023, "min-SNR-gamma")
+        """
+        check_choice("loss_weight", weighting, LOSS_WEIGHTS)
+        if weighting == "p2":
+            return self.p2_weight(p2_gamma, p2_k)
+        if weighting == "min_snr":
+            return np.minimum(self.snr, float(min_snr_gamma)) / self.snr
+        return np.ones_like(self.snr)
+
+    def loss_weight(self, weighting="p2", objective="eps", loss_type="l2", p2_gamma=1.0, p2_k=1.0,
+                    min_snr_gamma=5.0):
+        """Weight [T] for the loss on ``objective``'s output that equals ``eps_loss_weight`` on eps.
+
+        With x_t fixed, an error in the network's output maps to eps per element as
+        eps_err = r * out_err, r = 1 (eps), sqrt(snr) (x0), sqrt(abar) (v; x0 = sqrt(abar) xt -
+        sqrt(1-abar) v). So the weight is eps_loss_weight * r**p, p = 2 for l2 (exact) and huber
+        (its quadratic part), p = 1 for l1 (exact). For x0 and v with l2 this is
+        denoising-diffusion-pytorch's loss_weight (snr resp. snr / (snr + 1) times the eps weight).
+        """
+        check_choice("objective", objective, OBJECTIVES)
+        check_choice("loss_type", loss_type, LOSS_TYPES)
+        r2 = {"eps": np.ones_like(self.snr), "x0": self.snr, "v": self.alphas_cumprod}[objective]
+        power = 0.5 if loss_type == "l1" else 1.0
+        return self.eps_loss_weight(weighting, p2_gamma, p2_k, min_snr_gamma) * r2 ** power
+
     def q_sample(self, x0, t, noise):
         """Draw x_t ~ q(x_t | x_0) (Ho et al. eq. 4): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise.
 
@@ -159,6 +209,12 @@ class NoiseSchedule:
 
 # --------------------------------------------------------------------------------------------
 # array-agnostic helpers (numpy arrays or MindSpore tensors, also inside a MindSpore graph)
+
+
+def build_schedule(cfg):
+    """The NoiseSchedule a config (or a checkpoint's config) describes."""
+    return NoiseSchedule(cfg["beta_schedule"], cfg["timesteps"], beta_start=cfg["beta_start"],
+                         beta_end=cfg["beta_end"])
 
 
 def extract(table, t, ndim):

@@ -52,7 +52,10 @@ def numpy_loss(case, objective, loss_type, gamma=1.0, k=1.0):
     d = out - tgt
     per = {"l2": d ** 2, "l1": np.abs(d),
            "huber": np.where(np.abs(d) < 1, 0.5 * d ** 2, np.abs(d) - 0.5)}[loss_type]
-    weight = (k + ab / (1 - ab)).ravel() ** -gamma
+    # p2 is defined on the eps error; an output error maps to eps as r * error with
+    # r^2 = 1 (eps), snr (x0), abar (v), so the objective's weight is p2 * r^2 (r for l1)
+    r2 = {"eps": np.ones_like(ab), "x0": ab / (1 - ab), "v": ab}[objective].ravel()
+    weight = (k + ab / (1 - ab)).ravel() ** -gamma * r2 ** (0.5 if loss_type == "l1" else 1.0)
     return float(np.mean(per.reshape(len(t), -1).mean(axis=1) * weight)), d
 
 
@@ -87,7 +90,7 @@ def test_p2_gamma_changes_the_loss(case):
 def test_tables_are_float32_tensors_not_parameters(case):
     loss = make_loss(case)
     assert len(loss.trainable_params()) == 2                       # the conv's weight and bias only
-    for tab in (loss.sqrt_alphas_cumprod, loss.sqrt_one_minus_alphas_cumprod, loss.p2_weight,
+    for tab in (loss.sqrt_alphas_cumprod, loss.sqrt_one_minus_alphas_cumprod, loss.weight,
                 loss.target_x0_coef, loss.target_eps_coef):
         assert not isinstance(tab, ms.Parameter) and tab.dtype == ms.float32
 

@@ -20,7 +20,7 @@ def linear():
 
 
 def test_mode_tuples():
-    assert BETA_SCHEDULES == ("linear", "cosine", "quadratic", "sigmoid")
+    assert BETA_SCHEDULES == ("linear", "cosine", "quadratic", "sigmoid", "sigmoid_abar")
     assert OBJECTIVES == ("eps", "x0", "v")
     assert LOSS_TYPES == ("huber", "l1", "l2")
     with pytest.raises(ValueError, match=r"loss_type must be one of 'huber', 'l1', 'l2', got 'l3'"):
