@@ -396,3 +396,51 @@ def test_convnext_block_matches_numpy(c_in, c_out, conv_impl):
     x, t_emb = rng.standard_normal((2, c_in, 9, 9)), rng.standard_normal((2, 8))
     got = cell(ms.Tensor(x.astype(np.float32)), ms.Tensor(t_emb.astype(np.float32))).asnumpy()
     _close(got, _np_convnext(x, t_emb, cell))
+
+
+# ----------------------------------------------------------------- overfit one batch
+def test_overfits_one_fixed_batch():
+    """30 Adam steps of the project's train step on one fixed (x0, t, noise) batch fit it.
+
+    The bound, from the batch itself (closed forms, float64):
+    * L_const = mean_pixels Var_batch(noise): the least MSE of any predictor that ignores its
+      input (the best one is the batch mean of the targets);
+    * L_scale = mean_b min_k |noise_b - k x_t,b|^2 / n: the least MSE of any per-sample rescaling
+      of its input, the scale even chosen knowing the answer. For Gaussian data with known
+      moments the best denoiser that knows only the noise level is such a rescaling.
+    A network below a quarter of the smaller one has fitted this batch (memorised x0 from x_t and
+    t), which needs the loss, its gradients and the optimizer update all to work. The loss is
+    recomputed at the end in numpy from the network's output on numpy-made x_t, so a q_sample or
+    target that disagrees with the maths cannot pass by fitting the wrong thing.
+    """
+    from ddpm_ms.losses import DiffusionLoss
+    from ddpm_ms.schedule import NoiseSchedule
+    from ddpm_ms.train_step import make_train_step
+
+    ms.set_seed(0)
+    sched = NoiseSchedule("linear", 1000)
+    net = UNet(8, channels=1, dim_mults=(1, 2), image_size=8, **TINY)
+    rng = np.random.default_rng(0)
+    x0 = np.clip(0.5 * rng.standard_normal((4, 1, 8, 8)), -1, 1).astype(np.float32)
+    t = np.array([20, 250, 500, 750], np.int32)
+    noise = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+
+    ab = sched.alphas_cumprod[t][:, None, None, None]
+    xt = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * noise                        # float64
+    eps, xf = noise.reshape(4, -1).astype(np.float64), xt.reshape(4, -1)
+    l_const = ((eps - eps.mean(0)) ** 2).mean()
+    l_scale = (((eps ** 2).sum(1) - (xf * eps).sum(1) ** 2 / (xf ** 2).sum(1)) / eps.shape[1]).mean()
+    bound = 0.25 * min(l_const, l_scale)
+
+    loss_cell = DiffusionLoss(net, sched, objective="eps", loss_type="l2", p2_gamma=0.0)
+    step = make_train_step(loss_cell, nn.Adam(net.trainable_params(), learning_rate=3e-3), None)
+    args = [ms.Tensor(a) for a in (x0, t, noise)]
+    losses = [float(step(*args).asnumpy()) for _ in range(30)]
+
+    net.set_train(False)
+    out = net(ms.Tensor(xt.astype(np.float32)), ms.Tensor(t)).asnumpy().astype(np.float64)
+    final = ((out - noise) ** 2).mean()
+    assert float(loss_cell(*args).asnumpy()) == pytest.approx(final, rel=1e-4)
+    assert losses[0] > bound, (losses[0], bound)      # not fitted before training
+    assert final < bound, f"loss {final:.4g} after 30 steps, bound {bound:.4g} (L_const " \
+        f"{l_const:.3g}, L_scale {l_scale:.3g}); losses {np.round(losses, 4)}"
