@@ -19,12 +19,31 @@ def linear():
     return NoiseSchedule("linear", T)
 
 
-def test_mode_tuples():
-    assert BETA_SCHEDULES == ("linear", "cosine", "quadratic", "sigmoid", "sigmoid_abar")
-    assert OBJECTIVES == ("eps", "x0", "v")
-    assert LOSS_TYPES == ("huber", "l1", "l2")
-    with pytest.raises(ValueError, match=r"loss_type must be one of 'huber', 'l1', 'l2', got 'l3'"):
-        check_choice("loss_type", "l3", LOSS_TYPES)
+def test_every_listed_mode_is_implemented_and_others_are_refused():
+    """What the mode tuples promise, not their spelling: every beta schedule builds a valid schedule
+    of its own at T = 1000 that ends near pure noise (no warning), every objective has a target of
+    its own, and a name outside a tuple is refused with each allowed value named."""
+    seen = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for kind in BETA_SCHEDULES:
+            s = NoiseSchedule(kind, T)
+            assert np.all((s.betas > 0) & (s.betas < 1)) and np.all(np.diff(s.alphas_cumprod) < 0), kind
+            assert s.alphas_cumprod[-1] < 1e-3, kind
+            same = [k for k, b in seen.items() if np.allclose(s.betas, b)]
+            assert not same, f"{kind} gives the betas of {same}"
+            seen[kind] = s.betas
+    rng = np.random.default_rng(3)
+    x0, eps = rng.standard_normal(6), rng.standard_normal(6)
+    targets = {o: target(o, x0, eps, 0.5) for o in OBJECTIVES}
+    for o in OBJECTIVES:
+        assert [p for p in OBJECTIVES if np.allclose(targets[p], targets[o])] == [o]
+    for name, bad, allowed in (("beta_schedule", "laplace", BETA_SCHEDULES), ("objective", "score", OBJECTIVES),
+                               ("loss_type", "l3", LOSS_TYPES)):
+        with pytest.raises(ValueError, match=f"{name} must be one of .*got '{bad}'") as err:
+            check_choice(name, bad, allowed)
+        assert all(repr(a) in str(err.value) for a in allowed)
+        assert check_choice(name, allowed[-1], allowed) == allowed[-1]
 
 
 def test_linear_T1000_hand_values(linear):
@@ -89,8 +108,13 @@ def test_cosine_closed_form():
     f = [math.cos((u / n + s_) / (1 + s_) * math.pi / 2) ** 2 for u in range(n + 1)]
     for t in range(n - 1):  # the last beta is capped at max_beta
         assert s.alphas_cumprod[t] == pytest.approx(f[t + 1] / f[0], rel=1e-10)
-    assert s.betas[-1] == 0.999 and s.betas.max() <= 0.999
     assert s.alphas_cumprod[-1] < 1e-3
+    # max_beta caps exactly the betas whose closed-form value 1 - f(t+1)/f(t) exceeds it
+    raw = np.array([1 - f[u + 1] / f[u] for u in range(n)])
+    for cap in (0.999, 0.5):
+        capped = NoiseSchedule("cosine", n, max_beta=cap).betas
+        np.testing.assert_allclose(capped, np.minimum(raw, cap), rtol=1e-10)
+        assert (capped == cap).sum() == (raw > cap).sum() >= 1
 
 
 def test_quadratic_and_sigmoid_formulas():
