@@ -131,6 +131,53 @@ def test_cli_two_npz(capsys, random_classifier, tiny_sets):
     assert same["precision"] == 1.0 and same["recall"] == 1.0 and same["coverage"] == 1.0
 
 
+def _fid_by_eigvals(f1, f2):
+    """FID written independently of metrics.py: tr sqrt(S1 S2) as the sum of the square roots of
+    the eigenvalues of the (non-symmetric) product S1 S2, which are real and >= 0 because S1 S2 is
+    similar to the PSD sqrt(S1) S2 sqrt(S1); float64 throughout."""
+    m1, m2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    ev = np.linalg.eigvals(s1 @ s2)
+    assert np.abs(ev.imag).max() <= 1e-9 * np.abs(ev).max()
+    return ((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(ev.real, 0, None)).sum()
+
+
+def test_cli_fid_equals_independent_formula(capsys, tmp_path, random_classifier):
+    """The CLI's FID (and its mean/covariance path) equals FID computed here from the same
+    classifier's features; more images than feature dimensions, so covariances are not tiny-rank."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (200, 28, 28, 1), dtype=np.uint8)
+    b = (rng.random((150, 28, 28, 1)) * 128).astype(np.uint8)
+    rc, out, err = _run(capsys, "--samples", _npz(tmp_path / "a.npz", a), "--ref", _npz(tmp_path / "b.npz", b),
+                        "--classifier", random_classifier, "--kid_subsets", 2)
+    assert rc == 0, err
+    net, _ = fn.load_feature_net(random_classifier)
+    fa, fb = fn.extract_features(net, a), fn.extract_features(net, b)
+    want = _fid_by_eigvals(fa, fb)
+    assert want > 1e-3 and json.loads(out)["fid"] == pytest.approx(want, rel=1e-6)
+    # the same images in another order, and the two sets swapped, give the same FID
+    assert _fid_by_eigvals(fb, fa[::-1]) == pytest.approx(want, rel=1e-6)
+
+
+def test_evaluate_images_fid_hand_computed():
+    """Four points (+-a, 0), (0, +-b) around mu have mean mu and covariance diag(2a^2, 2b^2) / 3
+    (1/(N-1)), so two such sets, rotated alike into 3-D, have
+    FID = |mu1 - mu2|^2 + 2/3 ((a1 - a2)^2 + (b1 - b2)^2)."""
+    def cross(a, b, mu):
+        return np.array([[a, 0], [-a, 0], [0, b], [0, -b]], np.float64) + mu
+
+    rot, _ = np.linalg.qr(np.random.default_rng(6).standard_normal((3, 3)))
+    embed = lambda f: np.pad(f, ((0, 0), (0, 1))) @ rot.T        # noqa: E731
+    fake, real = embed(cross(3.0, 1.0, [1.0, 2.0])), embed(cross(1.0, 2.0, [0.0, 0.0]))
+    res = evaluate.evaluate_images(fake, real, kid_subsets=2, kid_subset_size=4, k=1)
+    want = (1 + 4) + 2 / 3 * ((3 - 1) ** 2 + (1 - 2) ** 2)     # = 25/3
+    # rel 1e-7, not 1e-15: the third, empty direction leaves rounding-size eigenvalues (~1e-16)
+    # whose square roots (~1e-8) enter tr sqrt(S1 S2)
+    assert res["fid"] == pytest.approx(want, rel=1e-7)
+    assert evaluate.evaluate_images(real, real, kid_subsets=2, kid_subset_size=4, k=1)["fid"] == \
+        pytest.approx(0.0, abs=1e-9)
+
+
 def test_cli_fashion_mnist_reference(capsys, random_classifier, tiny_sets, fashion_mnist_dir):
     rc, out, err = _run(capsys, "--samples", tiny_sets[0], "--ref", "fashion_mnist", "--data_dir",
                         fashion_mnist_dir, "--num_ref", 100, "--classifier", random_classifier,
