@@ -146,6 +146,44 @@ def _npz(path, images):
     return str(path)
 
 
+def _fid_low_rank(f1, f2):
+    """FID for fewer images than dimensions, written without any D x D matrix function.
+
+    With centred features X1 (N1, D), X2 (N2, D): S_i = X_i^T X_i / (N_i - 1), so tr S_i =
+    |X_i|_F^2 / (N_i - 1), and the non-zero eigenvalues of S1 S2 are the squared singular values of
+    X1 X2^T / sqrt((N1 - 1)(N2 - 1)); hence tr sqrt(S1 S2) is that matrix's nuclear norm."""
+    x1, x2 = f1 - f1.mean(0), f2 - f2.mean(0)
+    n1, n2 = len(f1) - 1, len(f2) - 1
+    nuclear = np.linalg.svd(x1 @ x2.T, compute_uv=False).sum() / math.sqrt(n1 * n2)
+    mean_term = ((f1.mean(0) - f2.mean(0)) ** 2).sum()
+    return mean_term + (x1 ** 2).sum() / n1 + (x2 ** 2).sum() / n2 - 2 * nuclear
+
+
+def test_evaluate_cli_rgb_fid_equals_independent_formula(capsys, tmp_path, he_ckpt, monkeypatch):
+    """The CLI's RGB FID equals the low-rank closed form on the InceptionV3 pool3 features it
+    extracted (caught on their way; features themselves: test_features_gray_equals_repeated_rgb)."""
+    rng = np.random.default_rng(8)
+    a = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    b = np.clip(rng.normal(100, 40, (3, 32, 32, 3)), 0, 255).astype(np.uint8)
+    seen, real_features = [], inc.inception_features
+
+    def spy(net, images, batch_size=50):
+        seen.append((images, real_features(net, images, batch_size)))
+        return seen[-1][1]
+    monkeypatch.setattr(inc, "inception_features", spy)
+    argv = ["--samples", _npz(tmp_path / "a.npz", a), "--ref", _npz(tmp_path / "b.npz", b),
+            "--inception_ckpt", he_ckpt, "--kid_subsets", "2", "--k", "2", "--batch_size", "4"]
+    assert evaluate.main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    (ia, fa), (ib, fb) = seen
+    np.testing.assert_array_equal(ia, a)
+    np.testing.assert_array_equal(ib, b)
+    assert fa.shape == (4, 2048) and fb.shape == (3, 2048)
+    want = _fid_low_rank(fa.astype(np.float64), fb.astype(np.float64))
+    assert want > 1e-3 and res["fid"] == pytest.approx(want, rel=1e-6)
+    assert _fid_low_rank(fa.astype(np.float64), fa.astype(np.float64)) == pytest.approx(0, abs=1e-9 * want)
+
+
 def test_evaluate_cli_rgb_against_cifar10(capsys, tmp_path, he_ckpt):
     cifar = DATA_ROOT / "cifar10-bin" / "cifar-10-batches-bin"
     if not (cifar / "test_batch.bin").is_file():
