@@ -39,7 +39,7 @@ def main(argv=None):
     import mindspore as ms
     from mindspore import nn
     from ddpm_ms.convs import MatmulConv2d, MatmulConvTranspose2d
-    from ddpm_ms.device import setup_device
+    from ddpm_ms.runtime import setup_device
     setup_device("CPU", "graph", verbose=False)
     b = args.batch
     # name: (transposed, c_in, c_out, kernel, stride, padding, group, hw)

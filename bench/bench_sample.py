@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor  # noqa: E402
 
-from ddpm_ms.device import setup_device  # noqa: E402
+from ddpm_ms.runtime import setup_device  # noqa: E402
 from ddpm_ms.samplers import CoefSampler, make_sampler  # noqa: E402
 from ddpm_ms.sampling import initial_noise, make_step, noise_streams, run_steps  # noqa: E402
 from ddpm_ms.schedule import NoiseSchedule  # noqa: E402

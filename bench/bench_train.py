@@ -65,7 +65,7 @@ def _setup_mindspore(spec):
     from ddpm_ms.cpu_env import apply_cpu_env
     apply_cpu_env(verbose=False, matmul_convs=spec.get("conv_impl", "auto") in ("auto", "matmul"))
     import mindspore as ms
-    from ddpm_ms.device import setup_device
+    from ddpm_ms.runtime import setup_device
     setup_device("CPU", spec.get("mode", "pynative"), verbose=False)
     return ms
 
@@ -88,11 +88,11 @@ def build_trainer(spec):
     values.update(spec.get("cfg", {}))
     cfg = resolve(values)
     trainer = Trainer(cfg, log=lambda *a: None)
-    trainer.setup(dataset_factory=None, steps_per_epoch=10_000)
+    trainer.setup(epoch_batches=lambda epoch, skip: iter(()), steps_per_epoch=10_000)
     jit_level = spec.get("jit_level")
     if jit_level and cfg["mode"] == "graph":
         import mindspore as ms
-        from ddpm_ms.trainer import make_train_step
+        from ddpm_ms.train_step import make_train_step
         step = make_train_step(trainer.loss_cell, trainer.optimizer, trainer.ema, cfg["grad_clip"], None,
                                jit=False)
         trainer.train_step = ms.jit(step, jit_level=jit_level)
@@ -102,7 +102,7 @@ def build_trainer(spec):
 def worker_train(spec):
     ms = _setup_mindspore(spec)
     import numpy as np
-    from ddpm_ms.trainer import draw_t_noise
+    from ddpm_ms.train_step import draw_t_noise
     trainer, cfg = build_trainer(spec)
     b = spec["batch"]
     rng = np.random.default_rng(0)
@@ -217,7 +217,7 @@ def worker_profile(spec):
     ms = _setup_mindspore(spec)
     import numpy as np
     from mindspore import nn, ops
-    from ddpm_ms.trainer import draw_t_noise
+    from ddpm_ms.train_step import draw_t_noise
     from ddpm_ms.unet import GroupNorm32, conv2d, gelu
     trainer, cfg = build_trainer(spec)
     b, reps = spec["batch"], spec.get("reps", 3)

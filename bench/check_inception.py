@@ -76,7 +76,7 @@ def main(argv=None):
         print(r.stdout.strip() or r.stderr.strip())
         if r.returncode:
             return r.returncode
-        from ddpm_ms.device import setup_device
+        from ddpm_ms.runtime import setup_device
         from ddpm_ms.eval.inception import inception_features, load_inception
         setup_device("CPU", "pynative", -1, verbose=False)
         net, _ = load_inception(ckpt)

@@ -199,12 +199,14 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
 
     from ddpm_ms.data import to_uint8
-    from ddpm_ms.device import setup_device
+    from ddpm_ms.runtime import setup_device
     from ddpm_ms.eval.evaluate import _classifier, evaluate_images
     from ddpm_ms.eval.feature_net import extract_features, load_fashion_mnist
-    from ddpm_ms.sample_job import image_shape, load_network, sampling_options, save_npz
+    from ddpm_ms.checkpoint import load_network
+    from ddpm_ms.files import save_npz
+    from ddpm_ms.sampling import image_shape, sampling_options
     from ddpm_ms.sampling import sample
-    from ddpm_ms.trainer import build_schedule
+    from ddpm_ms.schedule import build_schedule
 
     setup_device("CPU", "graph", -1, seed=args.seed, verbose=False)
     net, cfg, meta = load_network(args.ckpt, "ema")

@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 
+from .files import atomic_write
+
 FORMAT_VERSION = 1
 EMA_PREFIX = "ema."
 META_KEYS = ("step", "epoch", "config_json", "format_version", "kind")
@@ -25,8 +27,6 @@ def save(path, named_tensors, step, config, epoch=0, kind="train"):
 
     A failure at any point leaves ``path`` as it was (or absent) and removes the temp file.
     """
-    import mindspore as ms
-
     from .config import public
     items = [{"name": name, "data": value} for name, value in named_tensors]
     meta = {"step": int(step), "epoch": int(epoch), "format_version": FORMAT_VERSION,
@@ -39,32 +39,19 @@ def save_atomic(items, path, append_dict=None):
     a failure leaves ``path`` as it was and removes the temporary file."""
     import mindspore as ms
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.ckpt"  # MindSpore appends .ckpt to names without it
-    try:
+    with atomic_write(path, suffix=".ckpt") as tmp:  # MindSpore appends .ckpt to names without it
         ms.save_checkpoint(items, tmp, append_dict=append_dict)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
 def link_latest(path, run_dir):
     """Point ``run_dir/latest.ckpt`` at ``path`` (hard link, else copy), atomically."""
     latest = os.path.join(run_dir, "latest.ckpt")
-    tmp = f"{latest}.tmp{os.getpid()}"
-    try:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(latest) as tmp:
         try:
             os.link(path, tmp)
         except OSError:  # file systems without hard links (some OBS mounts)
             shutil.copyfile(path, tmp)
-        os.replace(tmp, latest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return latest
 
 
@@ -196,3 +183,29 @@ def load_first_readable(paths):
     where = os.path.dirname(paths[0]) if paths else "?"
     raise CheckpointError(f"no readable checkpoint in {where}: {names} cannot be read (corrupt or "
                           "truncated); move them away to start from step 0, or pass --resume PATH")
+
+
+def load_network(ckpt_path, weights="ema", conv_impl="auto"):
+    """(network, config dict, meta) from a checkpoint; CheckpointError with one line on a bad file.
+
+    conv_impl ('auto' | 'native' | 'matmul', see ``runtime.resolve_conv_impl``; 'auto' is native
+    for sampling) is how this process computes convolutions, whatever the training run used:
+    both give the same weights."""
+    import mindspore as ms
+    from .config import config_from_dict
+    from .runtime import resolve_conv_impl
+    from .unet import build_unet
+    conv_impl = resolve_conv_impl(conv_impl, ms.get_context("device_target"), training=False)
+    tensors, meta = load(ckpt_path)
+    cfg = config_from_dict(meta["config"])
+    try:
+        net = build_unet(cfg, conv_impl=conv_impl)
+    except ValueError as err:
+        raise CheckpointError(f"{ckpt_path}: its config does not build a U-Net ({err})") from None
+    prefix = EMA_PREFIX if weights == "ema" else ""
+    if weights == "ema" and not any(k.startswith(EMA_PREFIX) for k in tensors):
+        raise CheckpointError(f"{ckpt_path} holds no EMA weights (trained with ema_decay 0); "
+                              "use --weights raw")
+    load_into(named(net), tensors, prefix=prefix, where=ckpt_path)
+    net.set_train(False)
+    return net, cfg, meta

@@ -38,27 +38,33 @@ DEFAULTS = {
     "num_parallel_workers": (2, int, "dataset worker threads"),
     "drop_remainder": (True, bool, "drop the last incomplete batch"),
     # model (U-Net)
+    "unet_family": ("tutorial", str, "tutorial (the MindSpore tutorial's U-Net) | lucid (denoising-diffusion-pytorch's "
+                                     "Unet 2.3.4: RMSNorm ResNet blocks, attention with memory key/values)"),
     "dim": (28, int, "base width of the U-Net"),
-    "init_dim": (0, int, "width after the first conv; 0 = dim // 3 * 2"),
+    "init_dim": (0, int, "width after the first conv; 0 = dim // 3 * 2 (tutorial), dim (lucid)"),
     "out_dim": (0, int, "output channels; 0 = channels"),
     "dim_mults": ([1, 2, 4], "ints", "stage width multipliers"),
-    "use_convnext": (True, bool, "ConvNeXt blocks (true) or ResNet blocks (false)"),
+    "use_convnext": (True, bool, "tutorial: ConvNeXt blocks (true) or ResNet blocks (false)"),
     "convnext_mult": (2, int, "ConvNeXt expansion factor"),
     "resnet_block_groups": (8, int, "GroupNorm groups in ResNet blocks"),
     "attn_heads": (4, int, "attention heads"),
     "attn_head_dim": (32, int, "attention head width"),
     "dropout": (0.0, float, "dropout in the blocks"),
+    "sinusoidal_theta": (10000.0, float, "lucid: theta of the sinusoidal time embedding"),
     "conv_impl": ("auto", str, "auto | native | matmul convolutions; auto = matmul on CPU (faster there, "
                                "and lets oneDNN use AVX-512), native on Ascend/GPU"),
     # diffusion
     "timesteps": (1000, int, "number of diffusion steps T"),
-    "beta_schedule": ("linear", str, "linear | cosine | quadratic | sigmoid"),
+    "beta_schedule": ("linear", str, "linear | cosine | quadratic | sigmoid (on betas) | sigmoid_abar "
+                                     "(Jabri et al. on abar, start -3 end 3 tau 1; denoising-diffusion-pytorch's sigmoid)"),
     "beta_start": (None, "float?", "first beta; null = 1e-4 * 1000 / T"),
     "beta_end": (None, "float?", "last beta; null = 0.02 * 1000 / T"),
     "objective": ("eps", str, "what the network predicts: eps | x0 | v"),
     "loss_type": ("huber", str, "huber | l1 | l2"),
+    "loss_weight": ("p2", str, "p2 | min_snr | none: a weight on the eps error, converted for x0 / v"),
     "p2_gamma": (1.0, float, "p2 loss weight exponent (0 = unweighted)"),
     "p2_k": (1.0, float, "p2 loss weight offset k"),
+    "min_snr_gamma": (5.0, float, "min_snr: the weight is min(snr, gamma) / snr on the eps error"),
     # optimisation
     "batch_size": (128, int, "images per step per device"),
     "optimizer": ("adam", str, "adam | adamw"),
@@ -89,7 +95,8 @@ DEFAULTS = {
     "sampler": ("ddim", str, "ddpm | ddim | naive | dpmpp2m (DPM-Solver++(2M), no eta)"),
     "sample_steps": (50, int, "sampler steps (ddim / naive / dpmpp2m)"),
     "eta": (0.0, float, "DDIM eta (0 = deterministic)"),
-    "spacing": ("leading", str, "leading | trailing | linspace timestep grid"),
+    "spacing": ("leading", str, "leading | trailing | linspace | lucid (trunc(linspace(-1, T-1, S+1)), "
+                                "denoising-diffusion-pytorch's) timestep grid"),
     "clip_x0": (True, bool, "clip predicted x0 to [-1, 1]"),
     # scale-out
     "distribute": (False, bool, "data parallel over msrun workers"),
@@ -106,21 +113,23 @@ CHOICES = {
     "dataset": ("fashion_mnist", "mnist", "cifar10", "image_folder"),
     "split": ("train", "test", "all"),
     "channels": (1, 3),
-    "beta_schedule": ("linear", "cosine", "quadratic", "sigmoid"),
+    "beta_schedule": ("linear", "cosine", "quadratic", "sigmoid", "sigmoid_abar"),
     "objective": ("eps", "x0", "v"),
+    "loss_weight": ("p2", "min_snr", "none"),
+    "unet_family": ("tutorial", "lucid"),
     "loss_type": ("huber", "l1", "l2"),
     "optimizer": ("adam", "adamw"),
     "lr_schedule": ("constant", "cosine"),
     "amp_level": ("O0", "O1", "O2", "O3", "auto"),
     "sampler": ("ddpm", "ddim", "naive", "dpmpp2m"),
-    "spacing": ("leading", "trailing", "linspace"),
+    "spacing": ("leading", "trailing", "linspace", "lucid"),
     "conv_impl": ("auto", "native", "matmul"),
     "data_sink": ("auto", "on", "off"),
 }
 
 POSITIVE = ("timesteps", "batch_size", "image_size", "dim", "grad_accum", "log_every",
             "save_every", "sample_steps", "num_preview", "convnext_mult", "attn_heads",
-            "attn_head_dim", "resnet_block_groups")
+            "attn_head_dim", "resnet_block_groups", "sinusoidal_theta", "min_snr_gamma")
 NON_NEGATIVE = ("lr", "min_lr", "max_steps", "epochs", "max_minutes", "sample_every",
                 "keep_checkpoints", "grad_clip", "ema_decay", "eta", "dropout", "warmup_steps",
                 "weight_decay", "init_dim", "out_dim", "p2_k")
@@ -284,7 +293,7 @@ def check_network(cfg):
                           f"(a multiple of {step}), or fewer stages: --dim_mults {fewer}")
     groups = cfg["resnet_block_groups"]
     widths = sorted({dim} | {dim * m for m in mults})
-    if not cfg["use_convnext"] and any(w % groups for w in widths):
+    if cfg["unet_family"] == "tutorial" and not cfg["use_convnext"] and any(w % groups for w in widths):
         common = math.gcd(*widths)
         fits = [g for g in range(groups, 0, -1) if common % g == 0][:2]
         good_dim = -(-dim // groups) * groups
@@ -399,10 +408,9 @@ def public(cfg):
 def save_config(cfg, path):
     """Write the resolved config as YAML (atomically)."""
     import yaml
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(public(cfg), f, sort_keys=True)
-    os.replace(tmp, path)
+
+    from .files import write_text
+    write_text(path, yaml.safe_dump(public(cfg), sort_keys=True))
 
 
 def config_from_dict(values):

@@ -34,6 +34,7 @@ from PIL import Image, ImageOps
 
 from .cpu_env import apply_cpu_env, usable_cpus
 from .fetch import DataError, download, extract_tar_folder, gunzip, md5sum, user_cache_dir
+from .files import write_text
 
 apply_cpu_env(verbose=False)  # before MindSpore is imported (idempotent)
 
@@ -423,10 +424,7 @@ def scan_image_folder(root, cache_dir=None, workers=None):
                 results[rel] = [st.st_size, st.st_mtime_ns, err]
         if cache_file is not None:
             try:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps({"root": str(root.resolve()), "files": results}))
-                os.replace(tmp, cache_file)
+                write_text(str(cache_file), json.dumps({"root": str(root.resolve()), "files": results}))
             except OSError:
                 pass  # the cache is only a speed-up
 
@@ -576,6 +574,27 @@ def create_dataset(cfg, num_shards=1, shard_id=0, training=True, repeat=False, f
     if repeat:
         data = data.repeat()
     return data
+
+
+def epoch_config(cfg, epoch):
+    """The config of epoch ``epoch``'s pipeline: seed + epoch. ``create_dataset`` seeds the
+    process-wide dataset RNG from the config it is given, so the seed must travel in it."""
+    return dict(cfg, seed=cfg["seed"] + epoch)
+
+
+def epoch_batches(cfg, epoch, skip=0, num_shards=1, shard_id=0):
+    """The training batches of epoch ``epoch``: float32 (B, C, H, W) tensors in [-1, 1].
+
+    Each epoch's shuffle is seeded with seed + epoch, so a resumed run sees the same order;
+    ``skip`` batches are dropped from the start (resume mid-epoch). ``shuffle: false`` reads the
+    files in order without random flips (rank r then gets rows r::num_shards).
+    """
+    dataset = create_dataset(epoch_config(cfg, epoch), num_shards=num_shards, shard_id=shard_id,
+                             training=cfg["shuffle"])
+    if skip:
+        dataset = dataset.skip(skip)
+    for (x0,) in dataset.create_tuple_iterator(num_epochs=1):
+        yield x0
 
 
 def count_images(cfg, fetch=None):

@@ -44,7 +44,7 @@ def load_exported(path):
 
 def export_checkpoint(ckpt_path, out, weights="ema", batch_size=1):
     """Checkpoint -> MindIR file; returns (path, network, config)."""
-    from .sample_job import load_network
+    from .checkpoint import load_network
     # native convs: a MindIR is for inference on Ascend / GPU, whose conv kernels are the fast path
     net, cfg, _meta = load_network(ckpt_path, weights=weights, conv_impl="native")
     return export_network(net, cfg, out, batch_size), net, cfg
@@ -61,13 +61,8 @@ def main(argv=None):
     if args.batch_size < 1:
         from .config import ConfigError
         raise ConfigError("--batch_size must be at least 1")
-    from .cli import quiet_mindspore
-    from .cpu_env import apply_cpu_env
-    quiet_mindspore()
-    if args.device_target in ("CPU", "auto"):
-        apply_cpu_env(verbose=False)
-    from .device import setup_device
-    setup_device(args.device_target, mode="graph", verbose=False)
+    from .runtime import start
+    start(args.device_target, mode="graph", verbose=False)
     path, _net, cfg = export_checkpoint(args.ckpt, args.out, args.weights, args.batch_size)
     print(f"wrote {path}: {args.weights} weights, input xt float32 "
           f"[{args.batch_size}, {cfg['channels']}, {cfg['image_size']}, {cfg['image_size']}], "
@@ -75,5 +70,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from .cli import run_main
+    from .runtime import run_main
     sys.exit(run_main(main))

@@ -2,6 +2,8 @@
 import json
 import os
 
+from .files import atomic_write
+
 
 class MetricsLog:
     """Append metric lines to ``run_dir/metrics.jsonl``; on resume, drop lines past the step."""
@@ -51,8 +53,7 @@ def plot_loss(rows, out_path):
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out_path + ".tmp.png"
-    fig.savefig(tmp)
+    with atomic_write(out_path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, out_path)
     return out_path

@@ -84,11 +84,8 @@ def once_per_node(work, marker, local_rank, timeout_s=7200, poll_s=0.5):
         if os.path.exists(marker):
             os.remove(marker)
         work()
-        os.makedirs(os.path.dirname(os.path.abspath(marker)), exist_ok=True)
-        tmp = f"{marker}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(token)
-        os.replace(tmp, marker)
+        from .files import write_text
+        write_text(marker, token)
         return
     deadline = time.time() + timeout_s
     while True:

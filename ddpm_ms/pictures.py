@@ -157,7 +157,7 @@ def _forward_image(cfg, extra):
     """x0 [C, H, W] in [-1, 1]: --image PATH, else row --index of the configured data set."""
     from .data import DataError, create_dataset
     if extra.get("image"):
-        from .sample_job import load_images
+        from .sample_cli import load_images
         return load_images([extra["image"]], cfg)[0]
     index = int(extra.get("index", 0))
     cfg = dict(cfg, batch_size=1, drop_remainder=False, random_flip=False)
@@ -180,11 +180,10 @@ def forward_main(argv):
     parser.add_argument("--out", help="PNG to write [default: forward.png]")
     cfg = load_config(argv, parser=parser)
     extra = cfg["_extra"]
-    from .cli import quiet_mindspore
-    from .schedule import NoiseSchedule
+    from .runtime import quiet_mindspore
+    from .schedule import build_schedule
     quiet_mindspore()  # the data set reader loads MindSpore
-    schedule = NoiseSchedule(cfg["beta_schedule"], cfg["timesteps"], beta_start=cfg["beta_start"],
-                             beta_end=cfg["beta_end"])
+    schedule = build_schedule(cfg)
     T = schedule.num_timesteps
     every = int(extra.get("every") or max(1, T // 10))
     if not 1 <= every < T:
@@ -213,7 +212,7 @@ def forward_main(argv):
 # ------------------------------------------------------------------------------ reverse
 
 def _model_parser(name, description):
-    from .sample_job import add_checkpoint_args, add_runtime_args, add_sampler_args
+    from .sample_cli import add_checkpoint_args, add_runtime_args, add_sampler_args
     p = argparse.ArgumentParser(prog=f"python -m ddpm_ms.pictures {name}", description=description,
                                 allow_abbrev=False)
     add_checkpoint_args(p)
@@ -249,11 +248,13 @@ def reverse_main(argv):
         raise ConfigError("--num_images, --columns and --frames must be at least 1")
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
-    from .sample_job import image_shape, load_network, sampling_options, setup_runtime
+    from .checkpoint import load_network
+    from .sample_cli import setup_runtime
+    from .sampling import image_shape, sampling_options
     jit = setup_runtime(args, seed=args.seed)
     from .samplers import make_sampler
     from .sampling import sample
-    from .trainer import build_schedule
+    from .schedule import build_schedule
     net, cfg, _ = load_network(args.ckpt, args.weights, args.conv_impl)
     opts = sampling_options(cfg, args.sampler, args.steps, args.eta, args.spacing, args.clip_x0)
     schedule = build_schedule(cfg)
@@ -303,10 +304,12 @@ def interpolate_main(argv):
         raise ConfigError("--num must be at least 2 (the two ends)")
     if min(args.seed_a, args.seed_b) < 0:
         raise ConfigError("--seed_a and --seed_b must be >= 0")
-    from .sample_job import image_shape, load_network, sampling_options, setup_runtime
+    from .checkpoint import load_network
+    from .sample_cli import setup_runtime
+    from .sampling import image_shape, sampling_options
     jit = setup_runtime(args, seed=args.seed_a)
     from .sampling import initial_noise, sample, slerp
-    from .trainer import build_schedule
+    from .schedule import build_schedule
     net, cfg, _ = load_network(args.ckpt, args.weights, args.conv_impl)
     opts = sampling_options(cfg, "ddim", args.steps, 0.0, args.spacing, args.clip_x0)
     shape = image_shape(cfg)
@@ -332,5 +335,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from .cli import run_main
+    from .runtime import run_main
     sys.exit(run_main(main))

@@ -31,14 +31,16 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .samplers import COEF_NAMES, DDIMInverter, generic_update, make_sampler
+from .config import ConfigError
+from .samplers import COEF_NAMES, Coefs, DDIMInverter, generic_update, make_sampler
 
 
 class SamplingStep(nn.Cell):
     """(x_prev, pred_x0) = step(x, i, noise, last_x0, coefs, timesteps).
 
     x, noise, last_x0: float32 [B, C, H, W] (last_x0: the previous step's pred_x0, or zeros);
-    i: int32 scalar tensor; coefs: float32 [R, 9] rows in ``samplers.COEF_NAMES`` order;
+    i: int32 scalar tensor; coefs: float32 [R, 9], one tensor whose columns are the
+    ``samplers.Coefs`` fields in ``COEF_NAMES`` order (row i is unpacked into a ``Coefs``);
     timesteps: int32 [R]. The network is called as network(x, t) with t int32 [B] =
     timesteps[i]; its output (any float dtype) is cast to float32 and fed to
     ``generic_update`` with row i:
@@ -58,8 +60,8 @@ class SamplingStep(nn.Cell):
         t = ops.gather(timesteps, i, 0)          # scalar
         t_batch = ops.broadcast_to(t.reshape((1,)), (x.shape[0],))
         out = self.network(x, t_batch).astype(ms.float32)
-        return generic_update([row[k] for k in range(len(COEF_NAMES))], out, x, noise, self.clip_x0,
-                              last_x0)
+        return generic_update(Coefs(*[row[k] for k in range(len(COEF_NAMES))]), out, x, noise,
+                              self.clip_x0, last_x0)
 
 
 def step_tables(sampler):
@@ -151,7 +153,7 @@ def run_steps(step_fn, sampler, x, rngs=None, record=(), bar=None):
     (``sampler.uses_last_x0``) gets each step's pred_x0 back as the next step's last_x0;
     the others are called as step_fn(x, i, noise).
     """
-    sigmas = np.asarray(sampler.coef_table)[:, 7]
+    sigmas = sampler.column("sigma")
     shape = tuple(x.shape)
     zeros = Tensor(np.zeros(shape, np.float32))
     index = [Tensor(i, ms.int32) for i in range(len(sigmas))]
@@ -268,3 +270,51 @@ def slerp(a, b, weights):
         else:
             out.append((np.sin((1 - w) * theta) * a + np.sin(w * theta) * b) / np.sin(theta))
     return np.stack(out).astype(np.float32)
+
+
+# The command-line options each sampler has no use for, and why (one line names them all).
+UNUSED_OPTIONS = {"ddim": (), "ddpm": ("steps", "eta", "spacing"), "naive": ("eta",),
+                  "dpmpp2m": ("eta",)}
+UNUSED_WHY = {
+    "ddpm": "ddpm always runs all T={T} steps, on every timestep, with the posterior variance "
+            "(for fewer steps or another eta use --sampler ddim; --eta 1 is DDPM-like)",
+    "naive": "naive adds no noise, so it has no eta",
+    "dpmpp2m": "DPM-Solver++(2M) solves the deterministic probability-flow ODE and has no eta "
+               "(for eta > 0 use --sampler ddim)",
+}
+
+
+def sampling_options(cfg, sampler=None, steps=None, eta=None, spacing=None, clip_x0=None):
+    """Keyword arguments for ``sampling.sample`` from the command line over the config.
+
+    steps/eta/spacing/clip_x0 are the values given on the command line (None = not given; the
+    config's value is used). Raises ConfigError with one line that names every given option
+    the sampler does not use (``UNUSED_OPTIONS``; --steps T is accepted for ddpm), then for
+    --steps outside [1, T] or a negative eta. ``eta`` in the result is None for samplers
+    without one.
+    """
+    T = cfg["timesteps"]
+    who = f"--sampler {sampler}" if sampler else f"the checkpoint's sampler {cfg['sampler']}"
+    sampler = sampler or cfg["sampler"]
+    given = dict(steps=steps, eta=eta, spacing=spacing)
+    unused = [f"--{k} {given[k]}" for k in UNUSED_OPTIONS[sampler]
+              if given[k] is not None and not (k == "steps" and given[k] == T)]
+    if unused:
+        raise ConfigError(f"{who} does not use {', '.join(unused)}: "
+                          f"{UNUSED_WHY[sampler].format(T=T)}; drop {'it' if len(unused) == 1 else 'them'}")
+    if steps is not None and not 1 <= steps <= T:
+        raise ConfigError(f"--steps must be between 1 and T={T} (the checkpoint's timesteps), got {steps}")
+    if sampler == "ddim":
+        eta = cfg["eta"] if eta is None else eta
+        if not eta >= 0:
+            raise ConfigError(f"--eta must be >= 0 (0 = deterministic DDIM), got {eta}")
+    else:
+        eta = None
+    clip = cfg["clip_x0"] if clip_x0 is None else clip_x0 in (True, "true")
+    num_steps = T if sampler == "ddpm" else steps or cfg["sample_steps"]
+    return dict(sampler=sampler, num_steps=num_steps, eta=eta,
+                spacing=spacing or cfg["spacing"], objective=cfg["objective"], clip_x0=clip)
+
+
+def image_shape(cfg):
+    return (cfg["channels"], cfg["image_size"], cfg["image_size"])

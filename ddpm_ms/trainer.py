@@ -1,20 +1,13 @@
-"""Training: a compiled train step, EMA, checkpoints, exact resume, clean stops.
+"""The training loop: :class:`Trainer` builds the network, loss, optimizer and compiled step
+from a config, reads the data, and runs until the end, a time limit or a signal, writing
+checkpoints that resume exactly.
 
-The loop is visible in :func:`train`; the pieces it calls are small:
-
-* :class:`EMA` keeps an exponential moving average of the weights in a second U-Net,
-  updated inside the train-step graph.
-* :func:`make_train_step` builds the step (loss, gradients, optional all-reduce,
-  global-norm clipping, optimizer update, EMA update) as one ``ms.jit`` graph. With mixed
-  precision (``amp_level`` other than O0) the U-Net's convolutions and matmuls run in
-  float16 and the step scales the loss, unscales the gradients and skips the update (and
-  the EMA) when they are not finite (dynamic loss scaling).
+* The pieces of the step (EMA, learning rates, optimizer, loss scaling, the t / noise draws)
+  are in :mod:`ddpm_ms.train_step`; the data pipeline in :mod:`ddpm_ms.data`.
 * Data parallel (:mod:`ddpm_ms.distributed`): gradients are averaged over the ranks inside
   the step, the logged loss is the global-batch loss, and only rank 0 writes files.
-* Timesteps and noise are drawn per step from a counter-based numpy generator keyed on
-  (seed, step): a resumed run, a run on another device and a data-parallel run over N
-  ranks all draw exactly the same numbers (MindSpore's in-graph random ops keep a state
-  that cannot be saved, and its generator-based random ops do not run on CPU).
+* Data sink (Ascend / GPU): the decision (:func:`use_data_sink`), the sunk data set with its
+  t / noise columns (:func:`sink_dataset`) and the sunk step all live here.
 """
 import json
 import math
@@ -26,21 +19,19 @@ import time
 import numpy as np
 
 import mindspore as ms
-from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
-from mindspore.amp import DynamicLossScaler, all_finite
+from mindspore import Tensor, ops
 
 from . import checkpoint as ckpt
+from . import data
 from .config import ConfigError, public, save_config
-from .device import resolve_mode
 from .losses import DiffusionLoss
-from .schedule import NoiseSchedule
-from .unet import UNET_KEYS, build_unet, model_summary, set_compute_dtype
+from .runtime import resolve_mode, set_seed
+from .schedule import build_schedule
+from .train_step import (EMA, LOSS_SCALE_COUNTER, LOSS_SCALE_VALUE, build_optimizer, clear_overflow_status,
+                         draw_t_noise, draw_t_noise_np, lr_schedule, make_accum_steps, make_loss_scaler,
+                         make_train_step)
+from .unet import ARCH_KEYS, build_unet, model_summary, set_compute_dtype
 
-# Settings that must match for a checkpoint to load into a network.
-ARCH_KEYS = tuple(UNET_KEYS) + ("image_size", "channels")
-# Checkpoint names of the dynamic loss scaler's state (mixed precision only).
-LOSS_SCALE_VALUE, LOSS_SCALE_COUNTER = "loss_scale.value", "loss_scale.counter"
-LOSS_SCALE_WINDOW = 1000  # finite steps before the scale doubles
 # Data parallel: steps between stop votes (an AllReduce plus a host sync), so a SIGTERM or
 # max_minutes on one rank stops every rank at the same step, at most this many steps later.
 STOP_VOTE_EVERY = 10
@@ -48,217 +39,6 @@ STOP_VOTE_EVERY = 10
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, ...); message is one line."""
-
-
-def build_schedule(cfg):
-    return NoiseSchedule(cfg["beta_schedule"], cfg["timesteps"], beta_start=cfg["beta_start"],
-                         beta_end=cfg["beta_end"])
-
-
-_ema_op = ops.MultitypeFuncGraph("ema_op")
-_accum_op = ops.MultitypeFuncGraph("accum_op")
-_mean_op = ops.MultitypeFuncGraph("mean_op")
-_zero_op = ops.MultitypeFuncGraph("zero_op")
-
-
-@_ema_op.register("Tensor", "Tensor", "Tensor")
-def _ema_update(d, ema, w):
-    return ops.assign(ema, ema * d + w * (1.0 - d))
-
-
-@_accum_op.register("Tensor", "Tensor")
-def _accum_add(total, g):
-    return ops.assign_add(total, g)
-
-
-@_mean_op.register("Number", "Tensor")
-def _accum_mean(n, total):
-    return total / n
-
-
-@_zero_op.register("Tensor")
-def _accum_zero(total):
-    return ops.assign(total, ops.zeros_like(total))
-
-
-class EMA(nn.Cell):
-    """ema = d * ema + (1 - d) * w after each optimizer step, inside the graph.
-
-    d = min(decay, (1 + n) / (10 + n)) with warmup (n = number of updates), else decay.
-    ``ema_net`` is a full copy of the network whose parameters are the averages, so it
-    can be used for sampling directly.
-    """
-
-    def __init__(self, net, ema_net, decay, warmup=True):
-        super().__init__()
-        self.weights = ParameterTuple(net.trainable_params())
-        self.ema_weights = ParameterTuple(ema_net.trainable_params())
-        self.decay = float(decay)
-        self.warmup = bool(warmup)
-        self.num_updates = Parameter(Tensor(0.0, ms.float32), name="ema_num_updates", requires_grad=False)
-        self.hyper_map = ops.HyperMap()
-
-    def copy_weights(self):
-        """Start the average at the current weights."""
-        for e, w in zip(self.ema_weights, self.weights):
-            e.set_data(w.value().copy())
-
-    def construct(self):
-        n = self.num_updates + 1.0
-        d = Tensor(self.decay, ms.float32)
-        if self.warmup:
-            d = ops.minimum(d, (1.0 + n) / (10.0 + n))
-        d = ops.depend(d, ops.assign(self.num_updates, n))
-        updates = self.hyper_map(ops.partial(_ema_op, d), self.ema_weights, self.weights)
-        return ops.depend(d, updates)
-
-
-def lr_schedule(cfg, total_steps):
-    """Per-step learning rates: linear warmup to lr, then constant or cosine to min_lr."""
-    steps = np.arange(total_steps, dtype=np.float64)
-    warm = max(cfg["warmup_steps"], 0)
-    lr = np.full(total_steps, cfg["lr"], np.float64)
-    if cfg["lr_schedule"] == "cosine":
-        span = max(total_steps - warm, 1)
-        progress = np.clip((steps - warm) / span, 0.0, 1.0)
-        lr = cfg["min_lr"] + 0.5 * (cfg["lr"] - cfg["min_lr"]) * (1 + np.cos(math.pi * progress))
-    if warm:
-        lr = np.where(steps < warm, cfg["lr"] * (steps + 1) / warm, lr)
-    return lr.astype(np.float32)
-
-
-def build_optimizer(cfg, params, lrs):
-    lr = Tensor(lrs)
-    if cfg["optimizer"] == "adamw":
-        return nn.AdamWeightDecay(params, learning_rate=lr, beta1=cfg["adam_beta1"],
-                                  beta2=cfg["adam_beta2"], weight_decay=cfg["weight_decay"])
-    return nn.Adam(params, learning_rate=lr, beta1=cfg["adam_beta1"], beta2=cfg["adam_beta2"],
-                   weight_decay=cfg["weight_decay"])
-
-
-def _apply_update(grads, optimizer, ema, grad_clip):
-    """Clip (global norm), apply the optimizer, then the EMA; shared by every step variant."""
-    if grad_clip > 0:
-        grads = ops.clip_by_global_norm(grads, grad_clip)
-    done = optimizer(grads)
-    if ema is not None:
-        done = ops.depend(done, ema())
-    return done
-
-
-def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None, jit=True,
-                    loss_scaler=None, loss_reducer=None, flag_reducer=None):
-    """step(x0, t, noise) -> loss: gradients, reduce, clip, update, EMA, in one graph.
-
-    loss_reducer: averages the loss over ranks (data parallel), for logging only.
-    loss_scaler (mixed precision): a ``mindspore.amp.DynamicLossScaler``; the step then returns
-    (loss, finite): the scaled loss is differentiated, the gradients are unscaled and, when any
-    is inf/NaN, neither the optimizer nor the EMA is applied and the scale is lowered.
-    """
-    weights = optimizer.parameters
-    if loss_scaler is None:
-        grad_fn = ms.value_and_grad(loss_cell, None, weights)
-
-        def step(x0, t, noise):
-            loss, grads = grad_fn(x0, t, noise)
-            if grad_reducer is not None:
-                grads = grad_reducer(grads)
-            loss = ops.depend(loss, _apply_update(grads, optimizer, ema, grad_clip))
-            if loss_reducer is not None:
-                loss = loss_reducer(loss)
-            return loss
-
-        return ms.jit(step) if jit else step
-
-    def scaled_loss(x0, t, noise):
-        return loss_scaler.scale(loss_cell(x0, t, noise))
-
-    scaled_grad_fn = ms.value_and_grad(scaled_loss, None, weights)
-
-    def amp_step(x0, t, noise):
-        scaled, grads = scaled_grad_fn(x0, t, noise)
-        loss = loss_scaler.unscale(scaled)
-        grads = loss_scaler.unscale(grads)
-        if grad_reducer is not None:  # an overflow on any rank reaches every rank's sum
-            grads = grad_reducer(grads)
-        if loss_reducer is not None:
-            loss = loss_reducer(loss)
-        finite = all_finite(grads)
-        if flag_reducer is not None:  # every rank skips or applies the same step
-            finite = flag_reducer(finite)
-        loss_scaler.adjust(finite)
-        if finite:
-            loss = ops.depend(loss, _apply_update(grads, optimizer, ema, grad_clip))
-        return loss, finite
-
-    return ms.jit(amp_step) if jit else amp_step
-
-
-def make_accum_steps(loss_cell, optimizer, ema, accum, grad_clip=0.0, grad_reducer=None, jit=True,
-                     loss_scaler=None, loss_reducer=None, flag_reducer=None):
-    """Gradient accumulation: micro(x0, t, noise) -> loss adds grads; apply() updates.
-
-    With ``loss_scaler`` the micro-steps add unscaled gradients and apply() returns whether
-    they were finite (the update, the EMA and the scale change happen only in apply()).
-    """
-    weights = optimizer.parameters
-
-    def scaled_loss(x0, t, noise):
-        return loss_scaler.scale(loss_cell(x0, t, noise))
-
-    grad_fn = ms.value_and_grad(loss_cell if loss_scaler is None else scaled_loss, None, weights)
-    sums = weights.clone(prefix="grad_accum", init="zeros")
-    hyper_map = ops.HyperMap()
-
-    def micro(x0, t, noise):
-        loss, grads = grad_fn(x0, t, noise)
-        if loss_scaler is not None:
-            loss, grads = loss_scaler.unscale(loss), loss_scaler.unscale(grads)
-        if loss_reducer is not None:
-            loss = loss_reducer(loss)
-        return ops.depend(loss, hyper_map(_accum_op, sums, grads))
-
-    def apply():
-        grads = hyper_map(ops.partial(_mean_op, float(accum)), sums)
-        if grad_reducer is not None:
-            grads = grad_reducer(grads)
-        done = _apply_update(grads, optimizer, ema, grad_clip)
-        return ops.depend(done, hyper_map(_zero_op, sums))
-
-    def amp_apply():
-        grads = hyper_map(ops.partial(_mean_op, float(accum)), sums)
-        if grad_reducer is not None:
-            grads = grad_reducer(grads)
-        finite = all_finite(grads)
-        if flag_reducer is not None:
-            finite = flag_reducer(finite)
-        loss_scaler.adjust(finite)
-        if finite:
-            finite = ops.depend(finite, _apply_update(grads, optimizer, ema, grad_clip))
-        return ops.depend(finite, hyper_map(_zero_op, sums))
-
-    if loss_scaler is not None:
-        apply = amp_apply
-    return (ms.jit(micro), ms.jit(apply)) if jit else (micro, apply)
-
-
-def _clear_overflow_status(x):
-    """On the float-status path (910A; 910B in saturation mode) ``all_finite`` reads *and clears*
-    the NPU's global overflow register; called (on any small tensor) before a step, it drops what
-    earlier graphs (previews, sampling, the last update) left there. Elsewhere a cheap no-op check."""
-    return all_finite((x,))
-
-
-def make_loss_scaler(cfg):
-    """DynamicLossScaler(loss_scale, factor 2, window 1000) with checkpoint-friendly names."""
-    if cfg["loss_scale"] < 1:
-        raise ConfigError(f"config key 'loss_scale' must be at least 1 with amp_level "
-                          f"{cfg['amp_level']}, got {cfg['loss_scale']}")
-    scaler = DynamicLossScaler(scale_value=float(cfg["loss_scale"]), scale_factor=2,
-                               scale_window=LOSS_SCALE_WINDOW)
-    scaler.scale_value.name = LOSS_SCALE_VALUE
-    scaler.counter.name = LOSS_SCALE_COUNTER
-    return scaler
 
 
 def use_data_sink(cfg, device_target):
@@ -277,29 +57,43 @@ def use_data_sink(cfg, device_target):
     return mode == "on" or (mode == "auto" and accel and cfg["grad_accum"] == 1)
 
 
-def draw_t_noise(seed, step, micro, batch_shape, timesteps, rank=0, world=1):
-    """t ~ U{0..T-1} and eps ~ N(0, I) for one micro-batch, keyed on (seed, step, micro).
+class _AddTNoise:
+    """Batch map of the sunk data set: x0 -> (x0, t, noise), drawn by ``draw_t_noise`` on a step
+    counter, so a sunk run draws what the host loop draws."""
 
-    The draw is made for the global batch (world * B) and rank r takes rows r::world,
-    which are the rows MindSpore's sharded reader gives that rank when not shuffling (its
-    DistributedSampler deals row i to shard i % world), so N ranks together see what one
-    process with the global batch sees. Returns Tensors int32 [B], float32 batch_shape.
+    def __init__(self, cfg, start_step, shard_id, num_shards):
+        self.seed, self.timesteps = cfg["seed"], cfg["timesteps"]
+        self.step, self.rank, self.world = start_step, shard_id, num_shards
+
+    def __call__(self, x0):
+        t, noise = draw_t_noise_np(self.seed, self.step, 0, x0.shape, self.timesteps, self.rank, self.world)
+        self.step += 1
+        return x0, t, noise
+
+
+def sink_dataset(cfg, start_step, steps_per_epoch=None, num_shards=1, shard_id=0):
+    """The endless data set of (x0, t, noise) batches that data sink feeds to the device.
+
+    The same draws as the host loop. The first pass is seeded like the host loop's epoch
+    ``start_step // steps_per_epoch`` and skips only ``start_step % steps_per_epoch`` batches
+    (a resume does not decode every batch since step 0); later epochs come from ``repeat``
+    (the reader reshuffles each pass), so their order differs from the host loop's per-epoch
+    seeds, and a resumed sink run does not repeat the uninterrupted run's order exactly.
+    Without ``steps_per_epoch`` the whole ``start_step`` is skipped from seed + 0.
     """
-    t, noise = draw_t_noise_np(seed, step, micro, batch_shape, timesteps, rank, world)
-    return Tensor(t), Tensor(noise)
-
-
-def draw_t_noise_np(seed, step, micro, batch_shape, timesteps, rank=0, world=1):
-    """:func:`draw_t_noise` as contiguous numpy arrays (for data pipelines)."""
-    b = batch_shape[0]
-    rng = np.random.Generator(np.random.Philox(key=[seed, step * 1024 + micro]))
-    t = rng.integers(0, timesteps, size=(b * world,), dtype=np.int32)[rank::world]
-    noise = rng.standard_normal((b * world, *batch_shape[1:]), dtype=np.float32)[rank::world]
-    return np.ascontiguousarray(t), np.ascontiguousarray(noise)
+    epoch, skip = divmod(start_step, steps_per_epoch) if steps_per_epoch else (0, start_step)
+    dataset = data.create_dataset(data.epoch_config(cfg, epoch), num_shards=num_shards, shard_id=shard_id,
+                                  training=cfg["shuffle"], repeat=True)
+    if skip:
+        dataset = dataset.skip(skip)
+    # one worker, in order: the step counter must follow the batches
+    return dataset.map(operations=_AddTNoise(cfg, start_step, shard_id, num_shards),
+                       input_columns=["image"], output_columns=["image", "t", "noise"],
+                       num_parallel_workers=1, python_multiprocessing=False)
 
 
 class Trainer:
-    """Everything a run needs, built from a resolved Config; ``run()`` trains.
+    """Everything a run needs, built from a resolved config: ``setup()`` then ``run()``.
 
     Data parallel: pass ``comm`` (a :class:`ddpm_ms.distributed.Comm`; it gives rank, world,
     the gradient reducer, the loss mean and the stop vote), or rank / world /
@@ -308,7 +102,8 @@ class Trainer:
     e.g. the ModelArts upload.
     """
 
-    def __init__(self, cfg, rank=0, world=1, grad_reducer_factory=None, log=print, comm=None):
+    def __init__(self, cfg, rank=0, world=1, grad_reducer_factory=None, log=print, comm=None,
+                 save_hooks=()):
         if comm is not None:
             rank, world = comm.rank, comm.world
             grad_reducer_factory = grad_reducer_factory or comm.grad_reducer
@@ -317,6 +112,7 @@ class Trainer:
         self.log = log if self.is_main else (lambda *_a, **_k: None)
         self.run_dir = os.path.join(cfg["output_dir"], cfg["run_name"])
         self.schedule = build_schedule(cfg)
+        set_seed(cfg["seed"])  # the initial weights depend on the config only, not on what ran before
         self.net = build_unet(cfg)
         self.amp = cfg["amp_level"] != "O0"
         if self.amp:  # O1/O2/O3/auto: convs and matmuls in float16; norms, softmax, loss in float32
@@ -327,12 +123,11 @@ class Trainer:
         self.loss_cell = DiffusionLoss(self.net, self.schedule, objective=cfg["objective"],
                                        loss_type=cfg["loss_type"], p2_gamma=cfg["p2_gamma"],
                                        p2_k=cfg["p2_k"])
-        self.dataset = None
         self.steps_per_epoch = None
         self.total_steps = None
         self.grad_reducer_factory = grad_reducer_factory
         self.loss_scaler = None
-        self.save_hooks = []
+        self.save_hooks = list(save_hooks)
         self.sink = False
         self._sink_fn = None
         self.step = 0
@@ -341,18 +136,26 @@ class Trainer:
         self.last_saved = None  # (step, path) of the newest checkpoint written or resumed from
 
     # ----------------------------------------------------------------- set-up
-    def setup(self, dataset_factory, steps_per_epoch, sink_dataset_factory=None):
-        """Optimizer, EMA and compiled steps. ``dataset_factory(epoch, skip)`` gives an epoch's
-        batches; with data sink (Ascend/GPU) ``sink_dataset_factory(start_step)`` gives one
-        endless dataset with columns (x0, t, noise) instead."""
+    def setup(self, epoch_batches=None, steps_per_epoch=None):
+        """Data, optimizer, EMA and compiled steps.
+
+        The data is the config's data set, sharded over the ranks (``data.epoch_batches``). Tests
+        and benchmarks may pass ``epoch_batches(epoch, skip)`` -> iterator of x0 batches, and
+        ``steps_per_epoch``, instead. With data sink (Ascend/GPU) the device reads
+        :func:`sink_dataset` and the loop only counts steps.
+        """
         cfg = self.cfg
+        if steps_per_epoch is None:
+            steps_per_epoch = data.create_dataset(cfg, num_shards=self.world, shard_id=self.rank,
+                                                  training=cfg["shuffle"]).get_dataset_size()
         self.sink = use_data_sink(cfg, ms.get_context("device_target"))
         if self.sink:
-            if sink_dataset_factory is None:
-                raise ValueError("data sink needs sink_dataset_factory")
-            self.sink_dataset_factory = sink_dataset_factory
-            dataset_factory = _step_tokens(steps_per_epoch)
-        self.dataset_factory = dataset_factory
+            epoch_batches = _step_tokens(steps_per_epoch)
+        elif epoch_batches is None:
+            def epoch_batches(epoch, skip):
+                return data.epoch_batches(cfg, epoch, skip, num_shards=self.world, shard_id=self.rank)
+        self.epoch_batches = epoch_batches
+        self.batches_per_epoch = steps_per_epoch
         self.steps_per_epoch = max(1, steps_per_epoch // cfg["grad_accum"])
         self.total_steps = cfg["max_steps"] or cfg["epochs"] * self.steps_per_epoch
         self.lrs = lr_schedule(cfg, self.total_steps)
@@ -374,7 +177,7 @@ class Trainer:
             if self.overflow_check.reduce_flag and self.comm is not None:
                 flag_reducer = self.comm.finite_reducer()
             if self.overflow_check.clear_first:
-                self._clear_status = ms.jit(_clear_overflow_status) if jit else _clear_overflow_status
+                self._clear_status = ms.jit(clear_overflow_status) if jit else clear_overflow_status
                 self._status_probe = Tensor(np.zeros((1,), np.float32))
         self.net.set_train(True)
         if cfg["grad_accum"] > 1:
@@ -500,7 +303,7 @@ class Trainer:
             while self.step < self.total_steps and not stopping and (multi or self.stop_reason is None):
                 epoch = self.step // self.steps_per_epoch
                 skip = (self.step % self.steps_per_epoch) * cfg["grad_accum"]
-                for micro_batches in _groups(self.dataset_factory(epoch, skip), cfg["grad_accum"]):
+                for micro_batches in _groups(self.epoch_batches(epoch, skip), cfg["grad_accum"]):
                     loss = self._one_step(micro_batches)
                     if isinstance(loss, tuple):  # amp: a skipped (overflowed) step adds no loss
                         loss, finite = loss
@@ -587,7 +390,7 @@ class Trainer:
         """Data sink (Ascend/GPU only, written from the MindSpore docs; not run on CPU): the
         dataset (x0, t, noise) is fed to the device queue and the same train step reads it."""
         if self._sink_fn is None:
-            dataset = self.sink_dataset_factory(self.step)
+            dataset = sink_dataset(self.cfg, self.step, self.batches_per_epoch, self.world, self.rank)
             self._sink_fn = ms.data_sink(self.train_step, dataset, sink_size=1)
         return self._sink_fn()
 
@@ -635,7 +438,7 @@ class Trainer:
 
 
 def _step_tokens(steps_per_epoch):
-    """A dataset_factory for data sink: the loop only counts steps, the device reads the data."""
+    """epoch_batches for data sink: the loop only counts steps, the device reads the data."""
     def factory(_epoch, skip):
         return iter([None] * max(steps_per_epoch - skip, 0))
     return factory

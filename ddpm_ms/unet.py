@@ -24,10 +24,12 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, Uniform
 
 from .convs import MatmulConv2d, MatmulConvTranspose2d
-from .device import resolve_conv_impl
+from .runtime import resolve_conv_impl
 
 UNET_KEYS = ("dim", "init_dim", "out_dim", "dim_mults", "channels", "use_convnext", "convnext_mult",
              "resnet_block_groups", "attn_heads", "attn_head_dim", "dropout", "image_size")
+# every config key that changes the network of either family (unet_family: tutorial | lucid)
+ARCH_KEYS = ("unet_family",) + UNET_KEYS + ("sinusoidal_theta",)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -436,6 +438,7 @@ class UNet(nn.Cell):
 def build_unet(cfg, conv_impl=None, device_target=None):
     """UNet from a dict or object with the ``UNET_KEYS`` fields (0 = automatic for init_dim,
     out_dim and image_size). Missing fields take UNet's defaults; other fields are ignored.
+    ``unet_family: lucid`` builds ``unet_lucid.LucidUNet`` from its ``LUCID_KEYS`` instead.
 
     conv_impl: 'auto' | 'native' | 'matmul'; None takes cfg's ``conv_impl`` (else 'auto').
     'auto' is resolved for ``device_target`` (None: the device MindSpore is set to): matmul
@@ -443,17 +446,26 @@ def build_unet(cfg, conv_impl=None, device_target=None):
     architecture: both give the same parameters, so checkpoints move between them."""
     get = (lambda k: cfg[k] if k in cfg else None) if isinstance(cfg, Mapping) else \
         (lambda k: getattr(cfg, k, None))
-    kwargs = {k: get(k) for k in UNET_KEYS if get(k) is not None}
     impl = conv_impl or get("conv_impl") or "auto"
     if impl == "auto" and device_target is None:
         device_target = ms.get_context("device_target")
-    kwargs["conv_impl"] = resolve_conv_impl(impl, device_target)
+    impl = resolve_conv_impl(impl, device_target)
+    if get("unet_family") == "lucid":
+        from .unet_lucid import build_lucid_unet
+        return build_lucid_unet(get, impl)
+    return UNet(conv_impl=impl, **unet_kwargs(get, UNET_KEYS))
+
+
+def unet_kwargs(get, keys):
+    """{key: get(key)} for the ``keys`` that ``get`` has (not None), with 0 -> None for the
+    automatic sizes init_dim, out_dim and image_size; ValueError when 'dim' is missing."""
+    kwargs = {k: get(k) for k in keys if get(k) is not None}
     if "dim" not in kwargs:
         raise ValueError("U-Net config needs 'dim'")
     for k in ("init_dim", "out_dim", "image_size"):
         if k in kwargs and not kwargs[k]:
             kwargs[k] = None
-    return UNet(**kwargs)
+    return kwargs
 
 
 def count_params(net):

@@ -14,7 +14,7 @@ apply_cpu_env(verbose=False)
 
 import mindspore as ms  # noqa: E402
 
-from ddpm_ms.device import setup_device  # noqa: E402
+from ddpm_ms.runtime import setup_device  # noqa: E402
 
 setup_device("CPU", mode="pynative", verbose=False)
 

@@ -8,7 +8,8 @@ import mindspore as ms
 
 from ddpm_ms import checkpoint as ckpt
 from ddpm_ms.config import ConfigError, resolve
-from ddpm_ms.trainer import LOSS_SCALE_COUNTER, LOSS_SCALE_VALUE, Trainer
+from ddpm_ms.train_step import LOSS_SCALE_COUNTER, LOSS_SCALE_VALUE
+from ddpm_ms.trainer import Trainer
 
 
 def amp_cfg(out, **over):

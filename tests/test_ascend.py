@@ -9,7 +9,8 @@ from mindspore import nn
 
 from ddpm_ms import ascend
 from ddpm_ms.ascend import ALLFINITE, FLOAT_STATUS, ISFINITE, overflow_check, precision_mode
-from ddpm_ms.trainer import LOSS_SCALE_VALUE, Trainer
+from ddpm_ms.train_step import LOSS_SCALE_VALUE
+from ddpm_ms.trainer import Trainer
 
 import test_amp  # noqa: E402 (sibling test module: the shared tiny amp config)
 

@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import nn
 
 from ddpm_ms.convs import MatmulConv2d, MatmulConvTranspose2d
-from ddpm_ms.device import resolve_conv_impl
+from ddpm_ms.runtime import resolve_conv_impl
 
 # (c_in, c_out, kernel, stride, padding, group, has_bias, hw): the U-Nets' conv shapes
 CONV_CASES = {

@@ -15,7 +15,7 @@ import pytest
 
 from ddpm_ms import cpu_env
 from ddpm_ms.config import ConfigError, resolve
-from ddpm_ms.device import CPU_AUTO_MODE, MODES, resolve_mode
+from ddpm_ms.runtime import CPU_AUTO_MODE, MODES, resolve_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_VARS = ("ONEDNN_MAX_CPU_ISA", "DDPM_MS_CPU_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -126,7 +126,7 @@ def test_no_cap_when_every_conv_is_a_matmul(tmp_path):
 
 def _prepare(tmp_path, args, then):
     """cli.prepare(args) in a fresh process with no CPU variables set, then the code ``then``; stdout."""
-    code = f"import os\nfrom ddpm_ms.cli import prepare\ncfg, info = prepare({args!r})\n{then}"
+    code = f"import os\nfrom ddpm_ms.runtime import prepare\ncfg, info = prepare({args!r})\n{then}"
     env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
     env.update(PYTHONPATH=str(ROOT), GLOG_v="3")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
@@ -176,7 +176,7 @@ def test_thread_count_reaches_mindspore(tmp_path):
         "apply_cpu_env(verbose=False)\n"
         "import mindspore as ms\n"
         "from mindspore._c_expression import RuntimeConf\n"
-        "from ddpm_ms.device import setup_device\n"
+        "from ddpm_ms.runtime import setup_device\n"
         "assert not RuntimeConf.get_instance().is_op_threads_num_configured()\n"
         "info = setup_device('CPU', 'auto', verbose=False)\n"
         "assert RuntimeConf.get_instance().is_op_threads_num_configured()\n"

@@ -19,9 +19,9 @@ import mindspore as ms
 from ddpm_ms import checkpoint as ckpt
 from ddpm_ms import distributed
 from ddpm_ms.config import ConfigError, resolve
-from ddpm_ms.data import create_dataset
-from ddpm_ms.train_job import make_dataset_factory, make_sink_dataset_factory
-from ddpm_ms.trainer import draw_t_noise, use_data_sink
+from ddpm_ms.data import epoch_batches
+from ddpm_ms.train_step import draw_t_noise
+from ddpm_ms.trainer import sink_dataset, use_data_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_VARS = ("MS_ROLE", "MS_WORKER_NUM", "RANK_SIZE", "RANK_TABLE_FILE", "RANK_ID", "MS_SCHED_HOST",
@@ -78,8 +78,8 @@ def test_train_py_data_sink_on_cpu_is_one_line(tmp_path, tiny_folder):
 def test_rank_batches_are_strided_rows_of_the_global_batch(tiny_folder):
     """MindSpore deals row i to shard i % N (unshuffled): rank r's batch k is rows r::N of the
     global batch k, which is what draw_t_noise assumes."""
-    single = list(make_dataset_factory(tiny_cfg(tiny_folder, batch_size=8))(0, 0))
-    ranks = [list(make_dataset_factory(tiny_cfg(tiny_folder), 2, r)(0, 0)) for r in range(2)]
+    single = list(epoch_batches(tiny_cfg(tiny_folder, batch_size=8), 0))
+    ranks = [list(epoch_batches(tiny_cfg(tiny_folder), 0, 0, 2, r)) for r in range(2)]
     assert len(single) == len(ranks[0]) == len(ranks[1]) == 3
     for k, glob in enumerate(single):
         for r in range(2):
@@ -88,15 +88,15 @@ def test_rank_batches_are_strided_rows_of_the_global_batch(tiny_folder):
 
 def test_shuffled_shards_are_disjoint(tiny_folder):
     cfg = tiny_cfg(tiny_folder, shuffle=True, shuffle_buffer=0, batch_size=2)
-    seen = [np.concatenate([b.asnumpy() for b in make_dataset_factory(cfg, 2, r)(0, 0)]) for r in range(2)]
+    seen = [np.concatenate([b.asnumpy() for b in epoch_batches(cfg, 0, 0, 2, r)]) for r in range(2)]
     rows = {r.tobytes() for part in seen for r in part}
     assert len(rows) == 24
 
 
 def test_sink_dataset_carries_the_host_draws(tiny_folder):
     cfg = tiny_cfg(tiny_folder)
-    host = list(make_dataset_factory(cfg, 2, 1)(0, 0))
-    sink = make_sink_dataset_factory(cfg, 2, 1)(start_step=1)
+    host = list(epoch_batches(cfg, 0, 0, 2, 1))
+    sink = sink_dataset(cfg, start_step=1, num_shards=2, shard_id=1)
     rows = sink.create_tuple_iterator(num_epochs=1, output_numpy=True)
     for step in (1, 2, 3):  # step 3 is the next epoch's first batch
         x0, t, noise = next(rows)
@@ -107,14 +107,13 @@ def test_sink_dataset_carries_the_host_draws(tiny_folder):
 
 
 def test_each_epoch_has_its_own_shuffle_and_repeats_on_resume(tiny_folder):
-    """create_dataset sets the dataset seed from the config it gets: the factory must pass
+    """create_dataset sets the dataset seed from the config it gets: epoch_batches must pass
     seed + epoch in it, or every epoch would see the same order and flips."""
     cfg = tiny_cfg(tiny_folder, shuffle=True, shuffle_buffer=0, random_flip=True)
-    factory = make_dataset_factory(cfg)
-    epochs = [np.concatenate([b.asnumpy() for b in factory(e, 0)]) for e in (0, 1, 1)]
+    epochs = [np.concatenate([b.asnumpy() for b in epoch_batches(cfg, e)]) for e in (0, 1, 1)]
     assert not np.array_equal(epochs[0], epochs[1])
     np.testing.assert_array_equal(epochs[1], epochs[2])  # a resumed epoch 1 sees the same order
-    resumed = [b.asnumpy() for b in factory(1, 2)]
+    resumed = [b.asnumpy() for b in epoch_batches(cfg, 1, 2)]
     np.testing.assert_array_equal(np.concatenate(resumed), epochs[1][2 * 4:])
 
 
@@ -123,10 +122,10 @@ def test_sink_resume_skips_only_into_the_current_epoch(tiny_folder, monkeypatch)
     1 batch (not 7), and the first batch is the host loop's epoch-2 batch 1 with step 7's draws."""
     import mindspore.dataset as ds
 
-    from ddpm_ms import train_job
+    from ddpm_ms import data
     cfg = tiny_cfg(tiny_folder)
     skips, seeds = [], []
-    real_create = train_job.create_dataset
+    real_create = data.create_dataset
 
     def spying_create(*args, **kwargs):
         dataset = real_create(*args, **kwargs)
@@ -134,11 +133,11 @@ def test_sink_resume_skips_only_into_the_current_epoch(tiny_folder, monkeypatch)
         real_skip = dataset.skip
         dataset.skip = lambda n: (skips.append(n), real_skip(n))[1]
         return dataset
-    monkeypatch.setattr(train_job, "create_dataset", spying_create)
-    sink = make_sink_dataset_factory(cfg, 2, 1, steps_per_epoch=3)(start_step=7)
+    monkeypatch.setattr(data, "create_dataset", spying_create)
+    sink = sink_dataset(cfg, 7, steps_per_epoch=3, num_shards=2, shard_id=1)
     assert skips == [1] and seeds == [cfg["seed"] + 2]
     x0, t, noise = next(sink.create_tuple_iterator(num_epochs=1, output_numpy=True))
-    host = list(make_dataset_factory(cfg, 2, 1)(2, 1))
+    host = list(epoch_batches(cfg, 2, 1, 2, 1))
     np.testing.assert_array_equal(x0, host[0].asnumpy())
     want_t, want_noise = draw_t_noise(cfg["seed"], 7, 0, x0.shape, cfg["timesteps"], rank=1, world=2)
     np.testing.assert_array_equal(t, want_t.asnumpy())

@@ -7,7 +7,7 @@ import mindspore as ms
 from ddpm_ms import checkpoint as ckpt
 from ddpm_ms.config import resolve
 from ddpm_ms.export import example_inputs, load_exported, main
-from ddpm_ms.sample_job import load_network
+from ddpm_ms.checkpoint import load_network
 from ddpm_ms.trainer import Trainer
 
 

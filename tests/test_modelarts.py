@@ -123,11 +123,10 @@ def test_once_per_node_others_wait_for_this_jobs_marker(tmp_path, monkeypatch):
 
 
 def test_train_copies_in_trains_and_copies_out(fake_moxing, obs, monkeypatch):
-    from ddpm_ms.cli import prepare
-    from ddpm_ms.train_job import run
+    import train
     monkeypatch.setenv(modelarts.CACHE_ENV, str(obs["cache"]))
-    cfg, info = prepare(ma_args(obs), verbose=False)
-    trainer = run(cfg, info, log=lambda *_: None)
+    trainer = train.main(ma_args(obs), log=lambda *_: None)
+    cfg = trainer.cfg
     assert trainer.step == 4
     calls = fake_moxing()
     run_dir = str(obs["cache"] / "output" / "run")
@@ -150,9 +149,9 @@ def test_train_copies_in_trains_and_copies_out(fake_moxing, obs, monkeypatch):
     cache2 = obs["cache"].parent / "cache2"
     monkeypatch.setenv(modelarts.CACHE_ENV, str(cache2))
     out2 = obs["out"].parent / "out2"
-    cfg, info = prepare(ma_args(obs, max_steps=6, train_url=out2,
-                                checkpoint_url=obs["out"] / "latest.ckpt"), verbose=False)
-    trainer = run(cfg, info, log=lambda *_: None)
+    trainer = train.main(ma_args(obs, max_steps=6, train_url=out2, checkpoint_url=obs["out"] / "latest.ckpt"),
+                         log=lambda *_: None)
+    cfg = trainer.cfg
     assert trainer.step == 6 and cfg["resume"] == str(cache2 / "checkpoint" / "latest.ckpt")
     assert ["copy", str(obs["out"] / "latest.ckpt"), str(cache2 / "checkpoint" / "latest.ckpt")] in fake_moxing()
     rows = [json.loads(line) for line in open(out2 / "metrics.jsonl")]
@@ -174,9 +173,10 @@ def test_without_moxing_urls_are_local_paths(obs, monkeypatch, tmp_path):
 
 
 def test_staging_happens_before_init(monkeypatch, obs):
-    """train_job.run: data copied in, then mindspore.communication.init() (mocked), then training;
+    """train.main: data copied in, then mindspore.communication.init() (mocked), then training;
     the real rank from init decides who uploads; msrun's scheduler copies nothing."""
-    from ddpm_ms import distributed, train_job
+    import train
+    from ddpm_ms import distributed, runtime, trainer
     order = []
     monkeypatch.setenv(modelarts.CACHE_ENV, str(obs["cache"]))
     for var in ("MS_ROLE", "MS_WORKER_NUM", "RANK_SIZE", "RANK_TABLE_FILE", "RANK_ID", "DEVICE_ID"):
@@ -186,23 +186,31 @@ def test_staging_happens_before_init(monkeypatch, obs):
     monkeypatch.setattr(distributed, "setup", lambda cfg, log=print: (order.append(("init",)), comm)[1])
     monkeypatch.setattr(modelarts.Stage, "upload", lambda self, _p=None: order.append(("upload", self.rank)))
 
-    def fake_train(cfg, info, comm=None, save_hooks=()):
-        order.append(("train", len(save_hooks)))
-    monkeypatch.setattr(train_job, "train_from_config", fake_train)
+    class FakeTrainer:
+        def __init__(self, cfg, comm=None, save_hooks=(), log=print):
+            self.hooks = save_hooks
+
+        def setup(self):
+            pass
+
+        def run(self):
+            order.append(("train", len(self.hooks)))
+    monkeypatch.setattr(trainer, "Trainer", FakeTrainer)
     cfg = resolve(base={"enable_modelarts": True, "data_url": str(obs["data"]), "train_url": str(obs["out"])})
+    monkeypatch.setattr(runtime, "prepare", lambda argv, description=None: (dict(cfg), {"device_target": "CPU"}))
     monkeypatch.setenv("DEVICE_ID", "3")
     monkeypatch.setenv("RANK_SIZE", "8")
-    train_job.run(cfg, {"device_target": "CPU"}, log=lambda *_: None)
+    train.main([], log=lambda *_: None)
     assert order == [("stage_in", 3), ("init",), ("train", 0)]  # rank 1: no upload hook, no exit upload
 
     order.clear()
     comm.rank = 0
-    train_job.run(cfg, {"device_target": "CPU"}, log=lambda *_: None)
+    train.main([], log=lambda *_: None)
     assert order == [("stage_in", 3), ("init",), ("train", 1), ("upload", 0)]
 
     order.clear()
     monkeypatch.setenv("MS_ROLE", "MS_SCHED")
-    train_job.run(cfg, {"device_target": "CPU"}, log=lambda *_: None)
+    train.main([], log=lambda *_: None)
     assert order[0] == ("init",) and not any(o[0] == "stage_in" for o in order)
 
 

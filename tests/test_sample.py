@@ -13,12 +13,13 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ddpm_ms import checkpoint as ckpt
-from ddpm_ms.cli import run_main
+from ddpm_ms.runtime import run_main
 from ddpm_ms.config import ConfigError, resolve
 from ddpm_ms.data import to_uint8
 from ddpm_ms.pictures import forward_process, forward_theory
 from ddpm_ms.pictures import main as pictures_main
-from ddpm_ms.sample_job import load_network, sampling_options
+from ddpm_ms.checkpoint import load_network
+from ddpm_ms.sampling import sampling_options
 from ddpm_ms.samplers import DDIMInverter, make_sampler
 from ddpm_ms.sampling import (initial_noise, invert, make_step, noise_streams,
                               run_steps, sample, slerp)

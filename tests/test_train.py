@@ -8,9 +8,8 @@ import mindspore as ms
 
 from ddpm_ms import checkpoint as ckpt
 from ddpm_ms.config import resolve
-from ddpm_ms.train_job import make_dataset_factory
-from ddpm_ms.data import create_dataset
-from ddpm_ms.trainer import EMA, Trainer, TrainingError, draw_t_noise, lr_schedule
+from ddpm_ms.train_step import EMA, draw_t_noise, lr_schedule
+from ddpm_ms.trainer import Trainer, TrainingError
 
 
 def tiny_cfg(folder, out, **over):
@@ -26,9 +25,8 @@ def tiny_cfg(folder, out, **over):
 
 def run_trainer(cfg, stop_after=None):
     ms.set_context(mode=ms.GRAPH_MODE if cfg["mode"] == "graph" else ms.PYNATIVE_MODE)
-    ds_probe = create_dataset(cfg, training=True)
     trainer = Trainer(cfg, log=lambda *_: None)
-    trainer.setup(make_dataset_factory(cfg), ds_probe.get_dataset_size())
+    trainer.setup()
     if stop_after is not None:  # what the SIGTERM handler does, at a chosen step
         one_step = trainer._one_step
 
@@ -156,7 +154,7 @@ def test_nan_loss_stops_without_saving(tiny_folder, tmp_path):
     cfg = tiny_cfg(tiny_folder, tmp_path, max_steps=4, save_every=2, log_every=1, mode="pynative")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     trainer = Trainer(cfg, log=lambda *_: None)
-    trainer.setup(make_dataset_factory(cfg), 6)
+    trainer.setup()
     one_step = trainer._one_step
 
     def poisoned(batches):

@@ -306,15 +306,15 @@ def test_sample_write_failure_says_what_was_kept(tmp_path, monkeypatch):
 
     import numpy as np
 
-    from ddpm_ms import sample_job
-    writer = sample_job.SampleWriter(str(tmp_path), total=4, per_image=True)
+    from ddpm_ms import sample_cli
+    writer = sample_cli.SampleWriter(str(tmp_path), total=4, per_image=True)
     writer(0, np.zeros((2, 1, 4, 4), np.float32))
     kept = snapshot(tmp_path)
 
     def disk_full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(sample_job, "save_npz", disk_full)
-    with pytest.raises(sample_job.OutputError, match=r"cannot write samples to .*No space left on device.*"
+    monkeypatch.setattr(sample_cli, "save_npz", disk_full)
+    with pytest.raises(sample_cli.OutputError, match=r"cannot write samples to .*No space left on device.*"
                                                      r"first 2 of 4 samples were written"):
         writer(2, np.zeros((2, 1, 4, 4), np.float32))
     assert {k: v for k, v in snapshot(tmp_path).items() if k in kept} == kept
@@ -387,8 +387,8 @@ def test_reading_a_data_set_writes_nothing_into_its_folder(fashion_mnist_dir, tm
 def test_sample_writer_writes_pngs_at_once_and_the_npz_now_and_then(tmp_path):
     import numpy as np
 
-    from ddpm_ms import sample_job
-    writer = sample_job.SampleWriter(str(tmp_path), total=6, per_image=True, flush_seconds=1e9)
+    from ddpm_ms import sample_cli
+    writer = sample_cli.SampleWriter(str(tmp_path), total=6, per_image=True, flush_seconds=1e9)
 
     def in_npz():
         return len(np.load(tmp_path / "samples.npz")["images"])

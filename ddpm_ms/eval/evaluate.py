@@ -230,7 +230,7 @@ def run(args):
         raise EvalError(f"--k {args.k} needs more than {args.k} images in each set "
                         f"(samples {len(fake)}, reference {len(real)})")
 
-    from ..device import setup_device
+    from ..runtime import setup_device
     setup_device(args.device_target, mode="pynative", verbose=False)
     if use_inception:
         from .inception import inception_features
@@ -251,21 +251,12 @@ def run(args):
 
 def main(argv=None):
     from ..cpu_env import apply_cpu_env
-    apply_cpu_env(verbose=False)
-    args = build_arg_parser().parse_args(argv)
-    from ..cli import _user_errors
-    try:
-        result = run(args)
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - re-raised unless it is a user error (DeviceError, ...)
-        if not isinstance(e, _user_errors()):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+    apply_cpu_env(verbose=False)  # before the readers load MindSpore
+    from ..runtime import run_main
+
+    def evaluate(argv):
+        print(json.dumps(run(build_arg_parser().parse_args(argv)), indent=2))
+    return run_main(evaluate, argv)
 
 
 if __name__ == "__main__":

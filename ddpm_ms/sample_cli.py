@@ -1,4 +1,5 @@
-"""sample.py's body: load a checkpoint, rebuild the network, sample or invert, write files.
+"""The command line of ``sample.py`` (and of ``python -m ddpm_ms.pictures``): options, the
+output folder, writers that keep finished batches, and DDIM inversion of given images.
 
 Sampling writes into ``--out`` (default ``<ckpt folder>/samples``):
     grid.png             all images in one grid
@@ -20,12 +21,12 @@ import argparse
 import glob
 import math
 import os
-import sys
 import tempfile
 
 import numpy as np
 
 from .config import ConfigError
+from .files import atomic_write, save_npz
 
 SAMPLE_FILES = ("grid.png", "samples.npz", "images")
 INVERSION_FILES = ("inversion.png", "inversion.npz")
@@ -44,7 +45,7 @@ def add_runtime_args(p):
     p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"), default="auto")
     p.add_argument("--mode", choices=("graph", "pynative"), default="graph", help=MODES_HELP)
     p.add_argument("--device_id", type=int, default=-1)
-    from .device import CONV_IMPLS
+    from .runtime import CONV_IMPLS
     p.add_argument("--conv_impl", choices=CONV_IMPLS, default="auto",
                    help="how convolutions run: auto = native (for sampling, MindSpore's conv kernels are "
                         "the faster forward pass on CPU too); matmul = unfold + matmul; any choice loads any "
@@ -113,93 +114,12 @@ def parse_args(argv=None):
 
 
 def setup_runtime(args, seed=0, verbose=True):
-    """Quiet logs, CPU settings before MindSpore loads, device and mode. Returns jit (bool)."""
-    from .cli import quiet_mindspore
-    from .cpu_env import apply_cpu_env
-    quiet_mindspore()
-    if args.device_target in ("CPU", "auto"):
-        from .device import resolve_conv_impl
-        conv_impl = getattr(args, "conv_impl", "auto")
-        apply_cpu_env(verbose=verbose,
-                      matmul_convs=resolve_conv_impl(conv_impl, "CPU", training=False) == "matmul")
-    from .device import setup_device
-    setup_device(args.device_target, args.mode, args.device_id, seed=seed, verbose=verbose)
+    """``runtime.start`` from the command line's device options (sampling: conv_impl auto is
+    native). Returns jit (bool): graph mode."""
+    from .runtime import start
+    start(args.device_target, args.mode, args.device_id, seed=seed,
+          conv_impl=getattr(args, "conv_impl", "auto"), training=False, verbose=verbose)
     return args.mode == "graph"
-
-
-def load_network(ckpt_path, weights="ema", conv_impl="auto"):
-    """(network, config dict, meta) from a checkpoint; CheckpointError with one line on a bad file.
-
-    conv_impl ('auto' | 'native' | 'matmul', see ``device.resolve_conv_impl``; 'auto' is native
-    for sampling) is how this process computes convolutions, whatever the training run used:
-    both give the same weights."""
-    import mindspore as ms
-    from . import checkpoint as ckpt
-    from .config import config_from_dict
-    from .device import resolve_conv_impl
-    from .unet import build_unet
-    conv_impl = resolve_conv_impl(conv_impl, ms.get_context("device_target"), training=False)
-    tensors, meta = ckpt.load(ckpt_path)
-    cfg = config_from_dict(meta["config"])
-    try:
-        net = build_unet(cfg, conv_impl=conv_impl)
-    except ValueError as err:
-        raise ckpt.CheckpointError(f"{ckpt_path}: its config does not build a U-Net ({err})") from None
-    prefix = ckpt.EMA_PREFIX if weights == "ema" else ""
-    if weights == "ema" and not any(k.startswith(ckpt.EMA_PREFIX) for k in tensors):
-        raise ckpt.CheckpointError(f"{ckpt_path} holds no EMA weights (trained with ema_decay 0); "
-                                   "use --weights raw")
-    ckpt.load_into(ckpt.named(net), tensors, prefix=prefix, where=ckpt_path)
-    net.set_train(False)
-    return net, cfg, meta
-
-
-# The command-line options each sampler has no use for, and why (one line names them all).
-UNUSED_OPTIONS = {"ddim": (), "ddpm": ("steps", "eta", "spacing"), "naive": ("eta",),
-                  "dpmpp2m": ("eta",)}
-UNUSED_WHY = {
-    "ddpm": "ddpm always runs all T={T} steps, on every timestep, with the posterior variance "
-            "(for fewer steps or another eta use --sampler ddim; --eta 1 is DDPM-like)",
-    "naive": "naive adds no noise, so it has no eta",
-    "dpmpp2m": "DPM-Solver++(2M) solves the deterministic probability-flow ODE and has no eta "
-               "(for eta > 0 use --sampler ddim)",
-}
-
-
-def sampling_options(cfg, sampler=None, steps=None, eta=None, spacing=None, clip_x0=None):
-    """Keyword arguments for ``sampling.sample`` from the command line over the config.
-
-    steps/eta/spacing/clip_x0 are the values given on the command line (None = not given; the
-    config's value is used). Raises ConfigError with one line that names every given option
-    the sampler does not use (``UNUSED_OPTIONS``; --steps T is accepted for ddpm), then for
-    --steps outside [1, T] or a negative eta. ``eta`` in the result is None for samplers
-    without one.
-    """
-    T = cfg["timesteps"]
-    who = f"--sampler {sampler}" if sampler else f"the checkpoint's sampler {cfg['sampler']}"
-    sampler = sampler or cfg["sampler"]
-    given = dict(steps=steps, eta=eta, spacing=spacing)
-    unused = [f"--{k} {given[k]}" for k in UNUSED_OPTIONS[sampler]
-              if given[k] is not None and not (k == "steps" and given[k] == T)]
-    if unused:
-        raise ConfigError(f"{who} does not use {', '.join(unused)}: "
-                          f"{UNUSED_WHY[sampler].format(T=T)}; drop {'it' if len(unused) == 1 else 'them'}")
-    if steps is not None and not 1 <= steps <= T:
-        raise ConfigError(f"--steps must be between 1 and T={T} (the checkpoint's timesteps), got {steps}")
-    if sampler == "ddim":
-        eta = cfg["eta"] if eta is None else eta
-        if not eta >= 0:
-            raise ConfigError(f"--eta must be >= 0 (0 = deterministic DDIM), got {eta}")
-    else:
-        eta = None
-    clip = cfg["clip_x0"] if clip_x0 is None else clip_x0 in (True, "true")
-    num_steps = T if sampler == "ddpm" else steps or cfg["sample_steps"]
-    return dict(sampler=sampler, num_steps=num_steps, eta=eta,
-                spacing=spacing or cfg["spacing"], objective=cfg["objective"], clip_x0=clip)
-
-
-def image_shape(cfg):
-    return (cfg["channels"], cfg["image_size"], cfg["image_size"])
 
 
 def load_images(paths, cfg):
@@ -232,22 +152,6 @@ def load_images(paths, cfg):
 def psnr(mse, peak=255.0):
     """10 log10(peak^2 / mse) in dB (inf for mse 0)."""
     return math.inf if mse == 0 else 10.0 * math.log10(peak ** 2 / mse)
-
-
-def save_npz(path, **arrays):
-    """``np.savez_compressed`` with fixed zip timestamps, so equal arrays give equal bytes."""
-    import io
-    import zipfile
-    tmp = f"{path}.tmp{os.getpid()}"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, value in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, buf.getvalue())
-    os.replace(tmp, path)
-    return path
 
 
 def prepare_output(out, names, overwrite=False):
@@ -355,9 +259,8 @@ def write_collection(u8, out):
     from .data import save_grid
     os.makedirs(out, exist_ok=True)
     save_npz(os.path.join(out, "samples.npz"), images=u8)
-    tmp = os.path.join(out, f".grid.tmp{os.getpid()}.png")
-    save_grid(u8, tmp)
-    os.replace(tmp, os.path.join(out, "grid.png"))
+    with atomic_write(os.path.join(out, "grid.png"), suffix=".png") as tmp:
+        save_grid(u8, tmp)
 
 
 def write_images(u8, out, per_image=True):
@@ -375,7 +278,7 @@ def invert_and_reconstruct(net, cfg, x0, opts, jit=True, progress=True, batch_si
     """
     from .data import to_uint8
     from .sampling import invert, sample
-    from .trainer import build_schedule
+    from .schedule import build_schedule
     schedule = build_schedule(cfg)
     x_T = invert(net, schedule, x0, num_steps=opts["num_steps"], spacing=opts["spacing"],
                  objective=opts["objective"], batch_size=batch_size, progress=progress, jit=jit)
@@ -389,6 +292,7 @@ def invert_and_reconstruct(net, cfg, x0, opts, jit=True, progress=True, batch_si
 
 def run_inversion(args, net, cfg, jit, out):
     from .data import save_grid, to_uint8
+    from .sampling import sampling_options
     if args.sampler not in (None, "ddim") or (args.eta or 0.0) != 0.0:
         raise ConfigError("--invert runs DDIM with eta 0 both ways; drop --sampler/--eta")
     opts = sampling_options(cfg, "ddim", args.steps, 0.0, args.spacing,
@@ -410,34 +314,3 @@ def run_inversion(args, net, cfg, jit, out):
           f"(uint8 [0, 255]); x_T std {x_T.std():.3f}", flush=True)
     print(f"[ddpm_ms] wrote {out}/inversion.png (input | reconstruction), inversion.npz", flush=True)
     return mse, db
-
-
-def sample_from_args(args):
-    jit = setup_runtime(args, seed=args.seed)
-    from .data import to_uint8
-    from .sampling import sample
-    from .trainer import build_schedule
-
-    net, cfg, meta = load_network(args.ckpt, args.weights, args.conv_impl)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "samples")
-    if args.invert:
-        return run_inversion(args, net, cfg, jit, out)
-    opts = sampling_options(cfg, args.sampler, args.steps, args.eta, args.spacing, args.clip_x0)
-    prepare_output(out, SAMPLE_FILES, args.overwrite)  # before any sampling
-    print(f"[ddpm_ms] sampling {args.num_samples} images, {opts['sampler']} {opts['num_steps']} "
-          f"steps, {args.weights} weights of step {meta['step']}, seed {args.seed}, into {out}", flush=True)
-    writer = SampleWriter(out, args.num_samples, per_image=not args.no_per_image)
-    try:
-        sample(net, build_schedule(cfg), args.num_samples, image_shape(cfg), batch_size=args.batch_size,
-               seed=args.seed, jit=jit, on_batch=writer, **opts)
-    except KeyboardInterrupt:
-        writer.flush(quiet=True)
-        print(f"\ninterrupted: kept the {writer.done} of {args.num_samples} samples already written in "
-              f"{out}", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
-    except Exception:
-        writer.flush(quiet=True)  # keep the finished batches, then report the error
-        raise
-    u8 = writer.images()
-    print(f"[ddpm_ms] wrote {out}/grid.png, samples.npz ({u8.shape}, uint8)", flush=True)
-    return u8

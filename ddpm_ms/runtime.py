@@ -1,15 +1,25 @@
-"""Device, execution mode and seeds, for MindSpore 2.3 through 2.10.
+"""Process set-up shared by every entry point: CPU settings, device and mode, seeds, and
+one-line errors.
 
-MindSpore 2.5 added ``mindspore.set_device`` and moved thread settings to
-``mindspore.device_context``; older releases only have ``set_context``. Everything
-version-dependent is kept here.
+* :func:`start` is what every command runs first: MindSpore's log level, the CPU settings
+  (``ddpm_ms.cpu_env``, applied before MindSpore is imported), then the device and mode.
+  :func:`prepare` does it for a train config (parse, then ``start``).
+* :func:`run_main` runs a command's ``main`` and turns a user's mistake (any error class in
+  :func:`user_errors`) into ``error: <one line>`` on stderr and exit code 2.
+* Device, mode and thread settings for MindSpore 2.3 through 2.10: MindSpore 2.5 added
+  ``mindspore.set_device`` and moved thread settings to ``mindspore.device_context``; older
+  releases only have ``set_context``. Everything version-dependent is kept here.
+
+``ddpm_ms.cpu_env`` stays a module of its own because it must run before ``import mindspore``
+and so imports nothing of MindSpore; this module imports MindSpore only inside functions.
 """
 import os
 import random
+import sys
 
 import numpy as np
 
-from .config import ConfigError
+from .config import ConfigError, build_parser, load_config
 from .cpu_env import apply_cpu_env, cpu_threads
 
 DEVICE_TARGETS = ("auto", "CPU", "GPU", "Ascend")
@@ -191,3 +201,74 @@ def set_seed(seed):
     ds.config.set_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
+
+
+def start(device_target="auto", mode="auto", device_id=-1, seed=None, conv_impl="native",
+          training=False, verbose=True):
+    """Set up this process for MindSpore work; returns ``setup_device``'s info dict.
+
+    In order: MindSpore's log level (``quiet_mindspore``); on CPU the oneDNN / thread settings
+    (``cpu_env.apply_cpu_env``, which only acts before MindSpore is imported: with every conv
+    a matmul (``resolve_conv_impl(conv_impl, 'CPU', training)``) oneDNN is left uncapped); then
+    the device, mode and seed (``setup_device``).
+    """
+    quiet_mindspore()
+    if device_target in ("CPU", "auto"):
+        matmul = resolve_conv_impl(conv_impl, "CPU", training=training) == "matmul"
+        apply_cpu_env(verbose=verbose, matmul_convs=matmul)
+    return setup_device(device_target, mode, device_id, seed=seed, verbose=verbose)
+
+# Errors that are the user's to fix: printed as one line, no traceback.
+USER_ERRORS = (ConfigError,)
+
+
+def user_errors():
+    errors = list(USER_ERRORS)
+    for mod, name in (("ddpm_ms.data", "DataError"), ("ddpm_ms.checkpoint", "CheckpointError"),
+                      ("ddpm_ms.trainer", "TrainingError"), ("ddpm_ms.eval.evaluate", "EvalError"),
+                      ("ddpm_ms.eval.feature_net", "FeatureNetError"),
+                      ("ddpm_ms.eval.inception", "InceptionError")):
+        module = sys.modules.get(mod)
+        if module is not None and hasattr(module, name):
+            errors.append(getattr(module, name))
+    return tuple(errors)
+
+
+def run_main(main, argv=None):
+    """Run ``main``; a user error prints 'error: <message>' on stderr and exits 2."""
+    try:
+        main(argv)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is a user error
+        if isinstance(err, user_errors()):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+def prepare(argv=None, description=None, parser=None, verbose=True):
+    """Parse a train config, then :func:`start` (training: ``conv_impl`` auto is matmul on CPU).
+
+    ``device_target`` and ``mode`` come back concrete: 'auto' is resolved by
+    ``setup_device`` (mode: graph on Ascend/GPU, the measured faster one on CPU), and the
+    device line it prints says why. The saved config records what actually ran;
+    ``cfg['_requested_mode']`` keeps what was asked for.
+    """
+    parser = parser or build_parser(description=description)
+    cfg = load_config(argv, parser=parser)
+    # the U-Net is the only network of a train job: with matmul convs, oneDNN may go uncapped
+    info = start(cfg["device_target"], cfg["mode"], cfg["device_id"], seed=cfg["seed"],
+                 conv_impl=cfg["conv_impl"], training=True, verbose=verbose)
+    cfg["_requested_mode"] = cfg["mode"]
+    cfg["device_target"] = info["device_target"]
+    cfg["mode"] = info["mode"]
+    return cfg, info
+
+
+def quiet_mindspore():
+    """MindSpore logs WARNINGs at import (missing Ascend plug-ins on CPU machines, deprecated
+    FusedSparseAdam); show only its errors unless the user chose a level (GLOG_v)."""
+    os.environ.setdefault("GLOG_v", "3")
