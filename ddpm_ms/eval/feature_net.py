@@ -305,7 +305,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device_target", default="CPU", choices=("auto", "CPU", "GPU", "Ascend"))
     args = p.parse_args(argv)
-    from ..device import DeviceError, setup_device
+    from ..runtime import DeviceError, setup_device
     try:
         setup_device(args.device_target, mode="pynative", verbose=False)
     except DeviceError as e:
