@@ -5,7 +5,8 @@
         x, pred_x0 = sampler.step(model(x, t), t, x)
 
 Every sampler reduces its update to ONE linear form driven by a per-step coefficient row
-``(a, b, c, d, e, f, g, sigma, e_last)`` (``COEF_NAMES``), applied by ``generic_update``:
+``Coefs(a, b, c, d, e, f, g, sigma, e_last)`` (a named tuple; ``COEF_NAMES`` are its field
+names and the column order of ``coef_table``), applied by ``generic_update``:
 
     pred_x0 = a * x + b * model_out          objective conversion at abar_t (schedule.x0_coefs)
     pred_x0 = clip(pred_x0, -1, 1)           if clip_x0
@@ -20,15 +21,44 @@ those of the 8-term form), so the loop with a multistep solver reads
     for t in sampler.timesteps:
         x, pred_x0 = sampler.step(model(x, t), t, x, last_x0=pred_x0)
 
-``sampler.coef_table`` (float64 [num_steps, 9], row i for ``timesteps[i]``) holds the rows, so
-the same ``generic_update`` runs on numpy arrays, on MindSpore tensors and, with rows gathered
-from a tensor step index, inside a compiled MindSpore graph. MindSpore is imported lazily.
+``sampler.coef_table`` (float64 [num_steps, 9], row i for ``timesteps[i]``, columns in
+``COEF_NAMES`` order) holds the rows; read a column with ``sampler.column("sigma")`` and a row
+with ``sampler.coefs(t)``. The same ``generic_update`` runs on numpy arrays, on MindSpore
+tensors and, with rows gathered from a tensor step index, inside a compiled MindSpore graph.
+MindSpore is imported lazily.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from ddpm_ms.schedule import OBJECTIVES, check_choice, eps_coefs, x0_coefs
 
-COEF_NAMES = ("a", "b", "c", "d", "e", "f", "g", "sigma", "e_last")
+
+
+class Coefs(NamedTuple):
+    """The coefficients of one step of the linear update (module docstring); each a Python float,
+    a numpy array or a tensor broadcastable to x."""
+    a: object       # pred_x0 = a * x + b * model_out
+    b: object
+    c: object       # eps = c * x + d * pred_x0
+    d: object
+    e: object       # x_prev = e * pred_x0 + f * eps + g * x + sigma * noise + e_last * last_x0
+    f: object
+    g: object
+    sigma: object
+    e_last: object
+
+
+COEF_NAMES = Coefs._fields   # the column order of every coef_table
+
+
+def make_coef_table(**columns):
+    """float64 [S, 9] table from the nine columns given by name (arrays of length S; scalars
+    broadcast); a missing or unknown name is a TypeError."""
+    cols = Coefs(**columns)
+    n = max(np.size(v) for v in cols)
+    return np.stack([np.broadcast_to(np.asarray(v, np.float64), (n,)) for v in cols], axis=1)
+
 SAMPLERS = ("ddpm", "ddim", "naive", "dpmpp2m")
 SPACINGS = ("leading", "trailing", "linspace", "lucid")
 FINAL_SIGMAS = ("zero", "sigma_min")
@@ -37,17 +67,16 @@ FINAL_SIGMAS = ("zero", "sigma_min")
 def generic_update(coefs, model_out, x, noise, clip_x0, last_x0=0.0):
     """One reverse step in the linear form above; returns (x_prev, pred_x0), both shaped like x.
 
-    coefs: indexable of 9 scalars (Python floats or tensors broadcastable to x) in COEF_NAMES
-    order; model_out, x, noise, last_x0: [B, C, H, W] arrays or tensors (noise and last_x0
-    may be 0.0); clip_x0: Python bool. The e_last term is added last, so a row with
+    coefs: a ``Coefs``; model_out, x, noise, last_x0: [B, C, H, W] arrays or tensors (noise and
+    last_x0 may be 0.0); clip_x0: Python bool. The e_last term is added last, so a row with
     e_last = 0 gives bit for bit the 8-term result (x + 0.0 == x).
     """
-    pred_x0 = coefs[0] * x + coefs[1] * model_out
+    pred_x0 = coefs.a * x + coefs.b * model_out
     if clip_x0:
         pred_x0 = pred_x0.clip(-1.0, 1.0)
-    eps = coefs[2] * x + coefs[3] * pred_x0
-    x_prev = coefs[4] * pred_x0 + coefs[5] * eps + coefs[6] * x + coefs[7] * noise
-    x_prev = x_prev + coefs[8] * last_x0
+    eps = coefs.c * x + coefs.d * pred_x0
+    x_prev = coefs.e * pred_x0 + coefs.f * eps + coefs.g * x + coefs.sigma * noise
+    x_prev = x_prev + coefs.e_last * last_x0
     return x_prev, pred_x0
 
 
@@ -125,13 +154,17 @@ class CoefSampler:
                              f"({self.timesteps[0]} ... {self.timesteps[-1]})") from None
 
     def coefs(self, t):
-        """The 9 coefficients for timestep t as a dict (for reading and tests)."""
-        return dict(zip(COEF_NAMES, self.coef_table[self.index(t)].tolist()))
+        """The coefficients for timestep t as a ``Coefs`` of Python floats."""
+        return Coefs(*self.coef_table[self.index(t)].tolist())
+
+    def column(self, name):
+        """One coefficient over all steps, float64 [num_steps] (row i for ``timesteps[i]``)."""
+        return self.coef_table[:, COEF_NAMES.index(name)]
 
     @property
     def uses_last_x0(self):
         """True when some step reads the previous step's pred_x0 (multistep solvers)."""
-        return bool(np.any(self.coef_table[:, 8] != 0.0))
+        return bool(np.any(self.column("e_last") != 0.0))
 
     def step(self, model_out, t, x, noise=None, last_x0=None):
         """One step at timestep t (Python int) -> (x_prev, pred_x0).
@@ -141,12 +174,12 @@ class CoefSampler:
         last_x0: the pred_x0 the previous step returned (needed where e_last != 0, ignored
         elsewhere).
         """
-        row = self.coef_table[self.index(t)].tolist()  # Python floats: work with either array kind
-        if row[7] == 0.0:
+        row = self.coefs(t)  # Python floats: work with either array kind
+        if row.sigma == 0.0:
             noise = 0.0
         elif noise is None:
             noise = _draw_noise(x)
-        if row[8] == 0.0:
+        if row.e_last == 0.0:
             last_x0 = 0.0
         elif last_x0 is None:
             raise ValueError(f"step t={t} of this multistep sampler needs last_x0, the pred_x0 "
@@ -178,7 +211,7 @@ class DDPMSampler(CoefSampler):
         e = schedule.posterior_mean_coef1[ts]
         g = schedule.posterior_mean_coef2[ts]
         sigma = np.sqrt(schedule.posterior_variance[ts])  # 0 at t = 0 since abar_prev = 1
-        table = np.stack([a, b, c, d, e, np.zeros(T), g, sigma, np.zeros(T)], axis=1)
+        table = make_coef_table(a=a, b=b, c=c, d=d, e=e, f=0.0, g=g, sigma=sigma, e_last=0.0)
         super().__init__(schedule, ts, table, clip_x0)
         self.objective = objective
         self.t_prev = [t - 1 for t in self.timesteps]
@@ -208,15 +241,15 @@ class DDIMSampler(CoefSampler):
 
     def __init__(self, schedule, num_steps=50, eta=0.0, spacing="leading", objective="eps",
                  clip_x0=True):
-        if not eta >= 0.0:
-            raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
+        if not 0.0 <= eta <= 1.0:   # beyond 1, sigma^2 can exceed 1 - abar_prev (f imaginary)
+            raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
         ts, t_prev = _descending_grid(schedule, num_steps, spacing)
         abar, abar_prev = _abar(schedule, ts), _abar(schedule, t_prev)
         a, b, c, d = _conversion_coefs(objective, abar)
         sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar)) * np.sqrt(1.0 - abar / abar_prev)
         e = np.sqrt(abar_prev)
-        f = np.sqrt(np.maximum(1.0 - abar_prev - sigma ** 2, 0.0))  # >= 0 exactly; max absorbs rounding
-        table = np.stack([a, b, c, d, e, f, np.zeros_like(e), sigma, np.zeros_like(e)], axis=1)
+        f = np.sqrt(np.maximum(1.0 - abar_prev - sigma ** 2, 0.0))  # >= 0 for eta <= 1; max absorbs rounding
+        table = make_coef_table(a=a, b=b, c=c, d=d, e=e, f=f, g=0.0, sigma=sigma, e_last=0.0)
         super().__init__(schedule, ts, table, clip_x0)
         self.eta, self.spacing, self.objective = float(eta), spacing, objective
         self.t_prev = [int(t) for t in t_prev]
@@ -232,8 +265,7 @@ class NaiveSampler(CoefSampler):
         n = len(ts)
         a, b, c, d = _conversion_coefs(objective, _abar(schedule, ts))
         m = 1.0 / (n - np.arange(n))
-        zeros = np.zeros(n)
-        table = np.stack([a, b, c, d, m, zeros, 1.0 - m, zeros, zeros], axis=1)
+        table = make_coef_table(a=a, b=b, c=c, d=d, e=m, f=0.0, g=1.0 - m, sigma=0.0, e_last=0.0)
         super().__init__(schedule, ts, table, clip_x0)
         self.spacing, self.objective = spacing, objective
         self.t_prev = [int(t) for t in t_prev]
@@ -266,8 +298,7 @@ class DDIMInverter(CoefSampler):
         a, b, c, d = _conversion_coefs(objective, abar)
         f = np.sqrt(1.0 - abar) - np.sqrt(abar * (1.0 - abar_from) / abar_from)
         g = np.sqrt(abar / abar_from)
-        zeros = np.zeros_like(abar)
-        table = np.stack([a, b, c, d, zeros, f, g, zeros, zeros], axis=1)
+        table = make_coef_table(a=a, b=b, c=c, d=d, e=0.0, f=f, g=g, sigma=0.0, e_last=0.0)
         super().__init__(schedule, ts, table, clip_x0=False)
         self.spacing, self.objective = spacing, objective
         self.t_from = [int(t) for t in t_from]
@@ -338,8 +369,7 @@ class DPMSolverPP2MSampler(CoefSampler):
         e = big_a * (1.0 + 0.5 * inv_r)
         e_last = -0.5 * big_a * inv_r + 0.0                       # + 0.0: no -0.0 entries
         a, b, c, d = _conversion_coefs(objective, abar)
-        zeros = np.zeros(n)
-        table = np.stack([a, b, c, d, e, zeros, g, zeros, e_last], axis=1)
+        table = make_coef_table(a=a, b=b, c=c, d=d, e=e, f=0.0, g=g, sigma=0.0, e_last=e_last)
         super().__init__(schedule, ts, table, clip_x0)
         self.spacing, self.objective = spacing, objective
         self.lower_order_final, self.final_sigmas_type = bool(lower_order_final), final_sigmas_type

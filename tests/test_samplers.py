@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from ddpm_ms.samplers import (COEF_NAMES, SPACINGS, DDIMInverter, DDIMSampler, DDPMSampler,
+from ddpm_ms.samplers import (COEF_NAMES, Coefs, make_coef_table, SPACINGS, DDIMInverter, DDIMSampler, DDPMSampler,
                               DPMSolverPP2MSampler, NaiveSampler, generic_update, make_sampler,
                               timestep_grid)
 from ddpm_ms.schedule import OBJECTIVES, NoiseSchedule, target
@@ -58,7 +58,7 @@ def test_t_prev_from_grid(sched):
     assert s.timesteps == [999, 666, 332]
     assert s.t_prev == [666, 332, -1]    # not t - T // S
     assert s.coef_table.shape == (3, len(COEF_NAMES))
-    assert s.coefs(332)["e"] == 1.0      # abar_prev = 1 on the last step
+    assert s.coefs(332).e == 1.0      # abar_prev = 1 on the last step
     assert DDPMSampler(sched).timesteps == list(range(T - 1, -1, -1))
 
 
@@ -97,8 +97,8 @@ def test_ddpm_noise0_is_posterior_mean(sched, data):
         mean = (math.sqrt(ab_prev) * beta / (1 - ab) * x0
                 + math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab) * xt)
         np.testing.assert_allclose(x_prev, mean, atol=1e-9)
-    assert sampler.coefs(0)["sigma"] == 0.0
-    assert sampler.coefs(500)["sigma"] ** 2 == pytest.approx(sched.posterior_variance[500], rel=1e-12)
+    assert sampler.coefs(0).sigma == 0.0
+    assert sampler.coefs(500).sigma ** 2 == pytest.approx(sched.posterior_variance[500], rel=1e-12)
 
 
 def test_ddpm_unclipped_equals_tutorial_eps_form(sched, data):
@@ -119,8 +119,8 @@ def test_ddpm_unclipped_equals_tutorial_eps_form(sched, data):
 
 def test_ddim_eta1_all_steps_is_ddpm_variance(sched):
     ddim, ddpm = DDIMSampler(sched, T, eta=1.0), DDPMSampler(sched)
-    sigma_ddim = ddim.coef_table[:, COEF_NAMES.index("sigma")]
-    sigma_ddpm = ddpm.coef_table[:, COEF_NAMES.index("sigma")]
+    sigma_ddim = ddim.column("sigma")
+    sigma_ddpm = ddpm.column("sigma")
     assert ddim.timesteps == ddpm.timesteps
     np.testing.assert_allclose(sigma_ddim ** 2, sched.posterior_variance[::-1], rtol=1e-10, atol=1e-300)
     np.testing.assert_allclose(sigma_ddim, sigma_ddpm, rtol=1e-10)
@@ -150,7 +150,7 @@ def test_naive_coefficients(sched, data):
     assert sampler.timesteps == [750, 500, 250, 0]
     for t, m in zip(sampler.timesteps, (1 / 4, 1 / 3, 1 / 2, 1.0)):
         c = sampler.coefs(t)
-        assert (c["e"], c["g"], c["f"], c["sigma"]) == pytest.approx((m, 1 - m, 0.0, 0.0), abs=1e-15)
+        assert (c.e, c.g, c.f, c.sigma) == pytest.approx((m, 1 - m, 0.0, 0.0), abs=1e-15)
     x = eps0.copy()
     out = perfect_eps(sched, x0, x, 500)
     got, pred_x0 = sampler.step(out, 500, x)
@@ -193,7 +193,7 @@ def test_inverter_first_step_by_hand(sched, data):
 
 
 def test_generic_update_linear_form():
-    coefs = [2.0, 3.0, 0.5, -1.0, 0.25, 4.0, -2.0, 0.1, 0.0]
+    coefs = Coefs(a=2.0, b=3.0, c=0.5, d=-1.0, e=0.25, f=4.0, g=-2.0, sigma=0.1, e_last=0.0)
     x, out, noise = np.array([0.1, -0.3]), np.array([0.2, 0.8]), np.array([1.0, -1.0])
     x_prev, pred_x0 = generic_update(coefs, out, x, noise, clip_x0=True)
     p = np.clip(2.0 * x + 3.0 * out, -1, 1)              # [0.8, 1.8] -> [0.8, 1.0]
@@ -202,7 +202,7 @@ def test_generic_update_linear_form():
     np.testing.assert_allclose(x_prev, 0.25 * p + 4.0 * e - 2.0 * x + 0.1 * noise)
     last = np.array([0.3, -0.7])
     np.testing.assert_array_equal(generic_update(coefs, out, x, noise, True, last)[0], x_prev)  # e_last = 0
-    got, _ = generic_update(coefs[:8] + [1.5], out, x, noise, True, last)
+    got, _ = generic_update(coefs._replace(e_last=1.5), out, x, noise, True, last)
     np.testing.assert_allclose(got, x_prev + 1.5 * last)
 
 
@@ -247,8 +247,30 @@ def test_make_sampler(sched):
     assert isinstance(make_sampler("naive", sched, num_steps=5), NaiveSampler)
 
 
+def test_coef_table_columns_by_name(sched):
+    """make_coef_table puts each named column where COEF_NAMES (the Coefs fields) says, a
+    sampler's column(name) and coefs(t) read it back by name, and a missing name is an error."""
+    cols = {name: np.arange(3) + 10 * k for k, name in enumerate(COEF_NAMES)}
+    table = make_coef_table(**cols)
+    assert table.shape == (3, 9) and table.dtype == np.float64
+    for k, name in enumerate(COEF_NAMES):
+        np.testing.assert_array_equal(table[:, k], cols[name])
+    assert make_coef_table(**{**cols, "sigma": 0.0})[:, COEF_NAMES.index("sigma")].tolist() == [0, 0, 0]
+    with pytest.raises(TypeError):
+        make_coef_table(**{k: v for k, v in cols.items() if k != "e_last"})
+    ddim = DDIMSampler(sched, 10, eta=1.0)
+    t = ddim.timesteps[3]
+    abar, abar_prev = sched.alphas_cumprod[t], sched.alphas_cumprod[ddim.t_prev[3]]
+    row = ddim.coefs(t)
+    assert row.e == pytest.approx(math.sqrt(abar_prev), rel=1e-12)                    # DDIM eq. 12
+    assert row.sigma ** 2 == pytest.approx((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev), rel=1e-12)
+    assert row.f ** 2 == pytest.approx(1 - abar_prev - row.sigma ** 2, rel=1e-12)
+    assert ddim.column("sigma")[3] == row.sigma and ddim.column("e")[3] == row.e
+
+
 @pytest.mark.parametrize("build, match", [
-    (lambda s: DDIMSampler(s, 10, eta=-0.1), r"eta must be >= 0"),
+    (lambda s: DDIMSampler(s, 10, eta=-0.1), r"eta must be in \[0, 1\]"),
+    (lambda s: DDIMSampler(s, 10, eta=1.5), r"eta must be in \[0, 1\] .*got 1.5"),
     (lambda s: DDIMSampler(s, 0), r"num_steps must be an integer in \[1, 1000\]"),
     (lambda s: DDIMSampler(s, 1001), r"num_steps must be an integer in \[1, 1000\]"),
     (lambda s: NaiveSampler(s, 2.5), r"num_steps must be an integer in \[1, 1000\]"),
@@ -357,7 +379,7 @@ def test_dpmpp2m_orders_and_final_step(sched):
     assert s.t_prev == s.timesteps[1:] + [-1]
     assert s.orders == [1] + [2] * 8 + [1]          # the step to clean data is always first order
     last = s.coefs(90)
-    assert (last["g"], last["e"], last["e_last"]) == (0.0, 1.0, 0.0)   # x_0 = pred_x0
+    assert (last.g, last.e, last.e_last) == (0.0, 1.0, 0.0)   # x_0 = pred_x0
     assert s.uses_last_x0
     m = DPMSolverPP2MSampler(sched, 10, spacing="trailing", final_sigmas_type="sigma_min")
     assert m.t_prev[-1] == 0 and m.orders[-1] == 1  # S < 15: lower_order_final
@@ -368,7 +390,7 @@ def test_dpmpp2m_orders_and_final_step(sched):
     assert DPMSolverPP2MSampler(sched, T, spacing="linspace").timesteps == list(range(T - 1, -1, -1))
     for other in (DDPMSampler(sched), DDIMSampler(sched, 10, eta=1.0), NaiveSampler(sched, 10),
                   DDIMInverter(sched, 10)):
-        assert not other.uses_last_x0 and not other.coef_table[:, 8].any()
+        assert not other.uses_last_x0 and not other.column("e_last").any()
 
 
 def test_dpmpp2m_first_order_step_is_ddim(sched, data):
