@@ -94,7 +94,7 @@ DEFAULTS = {
     # sampling
     "sampler": ("ddim", str, "ddpm | ddim | naive | dpmpp2m (DPM-Solver++(2M), no eta)"),
     "sample_steps": (50, int, "sampler steps (ddim / naive / dpmpp2m)"),
-    "eta": (0.0, float, "DDIM eta (0 = deterministic)"),
+    "eta": (0.0, float, "DDIM eta in [0, 1] (0 = deterministic, 1 = DDPM-like)"),
     "spacing": ("leading", str, "leading | trailing | linspace | lucid (trunc(linspace(-1, T-1, S+1)), "
                                 "denoising-diffusion-pytorch's) timestep grid"),
     "clip_x0": (True, bool, "clip predicted x0 to [-1, 1]"),
@@ -265,6 +265,9 @@ def validate(cfg):
                           f"got {cfg['sample_steps']}")
     if not 0 <= cfg["ema_decay"] < 1:
         raise ConfigError(f"config key 'ema_decay' must be in [0, 1), got {cfg['ema_decay']}")
+    if not cfg["eta"] <= 1:
+        raise ConfigError(f"config key 'eta' must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), "
+                          f"got {cfg['eta']}")
     if cfg["max_steps"] == 0 and cfg["epochs"] == 0:
         raise ConfigError("set max_steps or epochs above 0: nothing would be trained")
     check_network(cfg)

@@ -36,16 +36,17 @@ class OutputError(ConfigError):
     """The output folder cannot be written, or writing would replace earlier results."""
 
 
-MODES_HELP = ("graph: every denoising step is one compiled graph (ms.jit), the fast path; "
-              "pynative: op by op, for comparison and debugging")
+MODES_HELP = ("auto (default, as train.py): graph on Ascend and GPU, and on CPU what "
+              "runtime.CPU_AUTO_MODE says; graph: every denoising step is one compiled graph (ms.jit), "
+              "the fast path; pynative: op by op, for comparison and debugging")
 
 
 def add_runtime_args(p):
     """--device_target/--mode/--device_id, shared with ``python -m ddpm_ms.pictures``."""
     p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"), default="auto")
-    p.add_argument("--mode", choices=("graph", "pynative"), default="graph", help=MODES_HELP)
+    from .runtime import CONV_IMPLS, MODES
+    p.add_argument("--mode", choices=MODES, default="auto", help=MODES_HELP)
     p.add_argument("--device_id", type=int, default=-1)
-    from .runtime import CONV_IMPLS
     p.add_argument("--conv_impl", choices=CONV_IMPLS, default="auto",
                    help="how convolutions run: auto = native (for sampling, MindSpore's conv kernels are "
                         "the faster forward pass on CPU too); matmul = unfold + matmul; any choice loads any "
@@ -71,7 +72,7 @@ def add_sampler_args(p, samplers=("ddpm", "ddim", "naive", "dpmpp2m")):
                         "Default: the config's sample_steps")
     if "ddim" in samplers and len(samplers) > 1:
         p.add_argument("--eta", type=float, default=None,
-                       help="DDIM eta >= 0 (0 = deterministic); ddim only")
+                       help="DDIM eta in [0, 1] (0 = deterministic, 1 = DDPM-like); ddim only")
     p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None,
                    help="timestep grid for ddim/naive/dpmpp2m (dpmpp2m's leading and linspace grids "
                         "leave out t = 0, as diffusers' DPM-Solver does)")
@@ -115,11 +116,11 @@ def parse_args(argv=None):
 
 def setup_runtime(args, seed=0, verbose=True):
     """``runtime.start`` from the command line's device options (sampling: conv_impl auto is
-    native). Returns jit (bool): graph mode."""
+    native). Returns jit (bool): graph mode, after ``--mode auto`` is resolved for the device."""
     from .runtime import start
-    start(args.device_target, args.mode, args.device_id, seed=seed,
-          conv_impl=getattr(args, "conv_impl", "auto"), training=False, verbose=verbose)
-    return args.mode == "graph"
+    info = start(args.device_target, args.mode, args.device_id, seed=seed,
+                 conv_impl=getattr(args, "conv_impl", "auto"), training=False, verbose=verbose)
+    return info["mode"] == "graph"
 
 
 def load_images(paths, cfg):

@@ -290,7 +290,7 @@ def sampling_options(cfg, sampler=None, steps=None, eta=None, spacing=None, clip
     steps/eta/spacing/clip_x0 are the values given on the command line (None = not given; the
     config's value is used). Raises ConfigError with one line that names every given option
     the sampler does not use (``UNUSED_OPTIONS``; --steps T is accepted for ddpm), then for
-    --steps outside [1, T] or a negative eta. ``eta`` in the result is None for samplers
+    --steps outside [1, T] or an eta outside [0, 1]. ``eta`` in the result is None for samplers
     without one.
     """
     T = cfg["timesteps"]
@@ -306,8 +306,8 @@ def sampling_options(cfg, sampler=None, steps=None, eta=None, spacing=None, clip
         raise ConfigError(f"--steps must be between 1 and T={T} (the checkpoint's timesteps), got {steps}")
     if sampler == "ddim":
         eta = cfg["eta"] if eta is None else eta
-        if not eta >= 0:
-            raise ConfigError(f"--eta must be >= 0 (0 = deterministic DDIM), got {eta}")
+        if not 0 <= eta <= 1:
+            raise ConfigError(f"--eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
     else:
         eta = None
     clip = cfg["clip_x0"] if clip_x0 is None else clip_x0 in (True, "true")

@@ -95,6 +95,13 @@ def test_shipped_configs_fit_their_data_and_build(name):
     assert out.shape == x.shape and np.isfinite(out.asnumpy()).all()
 
 
+def test_eta_outside_0_1_is_a_config_error():
+    assert load_config(["--eta", "1"])["eta"] == 1.0
+    for bad in ("1.5", "-0.5"):
+        with pytest.raises(ConfigError, match=f"'eta' must .*got {bad}"):
+            load_config(["--eta", bad])
+
+
 @pytest.mark.parametrize("args, expect", [
     (["--bogus_key", "1"], "error: unknown option '--bogus_key'"),
     (["--config", "configs/nope.yaml"], "error: config file not found: configs/nope.yaml"),

@@ -276,8 +276,24 @@ def test_sampling_options_ranges():
     assert sampling_options(cfg, "naive", 50, clip_x0="false")["clip_x0"] is False
     with pytest.raises(ConfigError, match=r"between 1 and T=50 .*got 51"):
         sampling_options(cfg, steps=51)
-    with pytest.raises(ConfigError, match="eta must be >= 0"):
-        sampling_options(cfg, eta=-0.1)
+    for eta in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match=rf"--eta must be in \[0, 1\] .*got {eta}"):
+            sampling_options(cfg, eta=eta)
+    assert sampling_options(cfg, eta=1.0)["eta"] == 1.0
+
+
+def test_sample_mode_defaults_to_auto_resolved_like_train():
+    """sample.py without --mode takes train.py's default (the config's 'mode') and resolves it
+    for the device as train.py does; the jit flag and MindSpore's context follow the result."""
+    from ddpm_ms.runtime import resolve_mode
+    from ddpm_ms.sample_cli import build_arg_parser, setup_runtime
+    args = build_arg_parser().parse_args(["--ckpt", "x.ckpt", "--device_target", "CPU"])
+    assert args.mode == resolve({})["mode"]
+    jit = setup_runtime(args, verbose=False)
+    assert jit == (resolve_mode(args.mode, "CPU")[0] == "graph")
+    assert ms.get_context("mode") == (ms.GRAPH_MODE if jit else ms.PYNATIVE_MODE)
+    pyn = build_arg_parser().parse_args(["--ckpt", "x.ckpt", "--device_target", "CPU", "--mode", "pynative"])
+    assert setup_runtime(pyn, verbose=False) is False and ms.get_context("mode") == ms.PYNATIVE_MODE
 
 
 def test_sampling_options_name_every_option_the_sampler_does_not_use():
