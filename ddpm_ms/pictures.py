@@ -36,16 +36,12 @@ import sys
 
 import numpy as np
 
+from .data.images import tile, to_uint8
+
 SUBCOMMANDS = ("forward", "reverse", "interpolate")
 
 
 # ------------------------------------------------------------------------------ drawing
-
-def to_u8(x):
-    """float [C, H, W] in [-1, 1] (values outside are clipped) -> uint8 [H, W, C]."""
-    from .data import to_uint8
-    return to_uint8(np.asarray(x)[None])[0]
-
 
 def save_rows(rows, path, row_labels=(), col_labels=(), title=None, scale=1.0):
     """A matplotlib figure of uint8 images [H, W, C] arranged as ``rows`` (list of lists).
@@ -83,18 +79,6 @@ def save_rows(rows, path, row_labels=(), col_labels=(), title=None, scale=1.0):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def tile(images, nrow=None, pad=1):
-    """uint8 [N, H, W, C] -> one uint8 [H', W', C] grid (``nrow`` per row)."""
-    n, h, w, c = images.shape
-    nrow = nrow or int(np.ceil(np.sqrt(n)))
-    rows = -(-n // nrow)
-    out = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), np.uint8)
-    for i in range(n):
-        r, k = divmod(i, nrow)
-        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = images[i]
-    return out
 
 
 def save_gif(frames, path, duration_ms=80, hold=10, scale=4, labels=None):
@@ -193,7 +177,7 @@ def forward_main(argv):
     rng = np.random.default_rng(cfg["seed"])
     stepwise, closed = forward_process(x0, schedule, ts, rng, num_draws=1)
     out = extra.get("out") or "forward.png"
-    rows = [[to_u8(x0)] + [to_u8(s[0]) for s in stepwise], [to_u8(x0)] + [to_u8(c[0]) for c in closed]]
+    rows = [[to_uint8(x0)] + [to_uint8(s[0]) for s in stepwise], [to_uint8(x0)] + [to_uint8(c[0]) for c in closed]]
     save_rows(rows, out, row_labels=("step by step", "closed form"),
               col_labels=["x0"] + [f"t={t}" for t in ts],
               title=f"forward process, {cfg['beta_schedule']} schedule, T={T}")
@@ -265,11 +249,10 @@ def reverse_main(argv):
     images, snaps = sample(net, schedule, args.num_images, image_shape(cfg), seed=args.seed, jit=jit,
                            record=set(strip) | set(frames), **opts)
     by_step = {i: (t, x, px) for i, t, x, px in snaps}
-    from .data import to_uint8
     rows = []
     for n in range(args.num_images):
-        rows.append([to_u8(by_step[i][1][n]) for i in strip] + [to_u8(images[n])])
-        rows.append([to_u8(by_step[i][2][n]) for i in strip] + [to_u8(images[n])])
+        rows.append([to_uint8(by_step[i][1][n]) for i in strip] + [to_uint8(images[n])])
+        rows.append([to_uint8(by_step[i][2][n]) for i in strip] + [to_uint8(images[n])])
     labels = ["x_t", "pred_x0"] * args.num_images
     save_rows(rows, args.out, row_labels=labels, col_labels=[f"t={by_step[i][0]}" for i in strip] + ["output"],
               title=f"{opts['sampler']} {plan.num_steps} steps, seed {args.seed}")
@@ -281,7 +264,7 @@ def reverse_main(argv):
         else:
             t, x, px = by_step[i]
             text = f"t={t}"
-        left, right = tile(to_uint8(x)), tile(to_uint8(px))
+        left, right = tile(to_uint8(x), padding=1), tile(to_uint8(px), padding=1)
         gap = np.full((left.shape[0], 3, left.shape[2]), 128, np.uint8)
         pics.append(np.concatenate([left, gap, right], axis=1))
         texts.append(f"{text}  x_t | pred_x0")
@@ -316,7 +299,7 @@ def interpolate_main(argv):
     weights = np.linspace(0.0, 1.0, args.num)
     x_T = slerp(initial_noise(args.seed_a, 1, shape)[0], initial_noise(args.seed_b, 1, shape)[0], weights)
     images = sample(net, build_schedule(cfg), args.num, shape, x_T=x_T, seed=0, jit=jit, **opts)
-    save_rows([[to_u8(x) for x in images]], args.out, col_labels=[f"w={w:.2f}" for w in weights],
+    save_rows([[to_uint8(x) for x in images]], args.out, col_labels=[f"w={w:.2f}" for w in weights],
               title=f"DDIM {opts['num_steps']} steps, eta 0: slerp between seeds {args.seed_a} and {args.seed_b}")
     print(f"wrote {args.out}")
     return images

@@ -19,7 +19,9 @@ import pytest
 from PIL import Image
 
 from ddpm_ms import data as D
-from ddpm_ms.fetch import DataError, md5sum
+from ddpm_ms.data import pipeline as P
+from ddpm_ms.data import sources as S
+from ddpm_ms.data.fetch import DataError, md5sum
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +118,7 @@ def test_decompression_cache_is_reused(fashion_mnist_dir, tmp_path, monkeypatch)
 
     def no_gunzip(*a, **k):
         raise AssertionError("decompressed again")
-    monkeypatch.setattr(D, "gunzip", no_gunzip)
+    monkeypatch.setattr(S, "gunzip", no_gunzip)
     assert first_batch(D.create_dataset(cfg)).shape == (8, 1, 28, 28)
     assert [p.stat().st_mtime_ns for p in raw] == mtimes
 
@@ -255,7 +257,7 @@ def test_bad_files_warned_once_and_skipped(tmp_path):
 def test_file_failing_during_training_is_replaced(tmp_path):
     folder = write_png_folder(tmp_path / "f", [10, 20])
     paths = sorted(str(p) for p in folder.rglob("*.png"))
-    decode = D._FolderDecoder([str(tmp_path / "gone.png")] + paths, channels=3, image_size=4)
+    decode = P._FolderDecoder([str(tmp_path / "gone.png")] + paths, channels=3, image_size=4)
     with pytest.warns(D.DataWarning, match="gone.png"):
         assert decode(np.int64(0))[0, 0, 0] == 10
 
@@ -366,7 +368,7 @@ def test_cifar10_archive_download_and_extract(tmp_path, monkeypatch):
     archive = tmp_path / "fake.tar.gz"
     with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
         tar.add(src / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
-    monkeypatch.setattr(D, "CIFAR_MD5", md5sum(archive))
+    monkeypatch.setattr(S, "CIFAR_MD5", md5sum(archive))
     data_dir = tmp_path / "cifar"
     cfg = cfg_for("cifar10", data_dir, tmp_path / "c", split="test", download=True)
     b = first_batch(D.create_dataset(cfg, fetch=lambda url, dest: shutil.copy(archive, dest)))

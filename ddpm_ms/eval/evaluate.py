@@ -97,10 +97,10 @@ def load_cifar10(data_dir, split="test"):
 def load_folder_images(data_dir, size):
     """uint8 (N, size, size, 3): every image under ``data_dir``, short side resized to ``size``
     and centre-cropped (as the training pipeline does)."""
-    from ..data import IMAGE_EXTENSIONS, _list_images, load_image
+    from ..data import IMAGE_EXTENSIONS, list_images, load_image
     if not os.path.isdir(data_dir):
         raise EvalError(f"image folder not found: {data_dir}")
-    paths = _list_images(data_dir)
+    paths = list_images(data_dir)
     if not paths:
         raise EvalError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {data_dir}")
     out = []
