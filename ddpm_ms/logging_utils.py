@@ -25,12 +25,13 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}) + "\n")
 
-    def plot(self, out_path):
-        """Loss against step (log scale), written with matplotlib's Agg backend."""
+    def plot(self, out_path, ylabel="loss"):
+        """Loss against step (log scale), written with matplotlib's Agg backend; ylabel: what the
+        loss is (``loss_label(cfg)``)."""
         rows = read_metrics(self.path) if self.enabled else []
         if not rows:
             return None
-        return plot_loss(rows, out_path)
+        return plot_loss(rows, out_path, ylabel)
 
 
 def read_metrics(path):
@@ -40,7 +41,27 @@ def read_metrics(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_loss(rows, out_path):
+LOSS_NAMES = {"huber": "Huber", "l1": "L1", "l2": "MSE"}
+
+
+def loss_label(cfg):
+    """What the training loss of ``cfg`` is, for the plot's axis, from the settings that were used:
+    e.g. 'Huber loss on eps, p2-weighted (gamma 1, k 1)' or 'MSE loss on eps, unweighted'
+    (loss_weight 'none', or 'p2' with p2_gamma 0, whose weight is 1). For the x0 and v objectives
+    the weighting is the one on the eps error (``NoiseSchedule.loss_weight``)."""
+    weighting = cfg.get("loss_weight", "p2")
+    if weighting == "none" or (weighting == "p2" and cfg["p2_gamma"] == 0):
+        how = "unweighted"
+    elif weighting == "p2":
+        how = f"p2-weighted (gamma {cfg['p2_gamma']:g}, k {cfg['p2_k']:g})"
+    else:
+        how = f"min-SNR-weighted (gamma {cfg['min_snr_gamma']:g})"
+    if cfg["objective"] != "eps":
+        how += " as eps"
+    return f"{LOSS_NAMES.get(cfg['loss_type'], cfg['loss_type'])} loss on {cfg['objective']}, {how}"
+
+
+def plot_loss(rows, out_path, ylabel="loss"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -49,7 +70,7 @@ def plot_loss(rows, out_path):
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.plot(steps, losses, lw=1.2)
     ax.set_xlabel("step")
-    ax.set_ylabel("p2-weighted loss")
+    ax.set_ylabel(ylabel, fontsize=9)
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     fig.tight_layout()
