@@ -100,9 +100,12 @@ def load(path):
 
 
 def check_compatible(saved_cfg, cfg, keys):
-    """Raise CheckpointError naming the first setting in ``keys`` that differs."""
-    diffs = [f"{k}: checkpoint {saved_cfg.get(k)!r} vs config {cfg.get(k)!r}"
-             for k in keys if saved_cfg.get(k) != cfg.get(k)]
+    """Raise CheckpointError naming the first setting in ``keys`` that differs. A key that the
+    saved config lacks (a checkpoint older than the key, e.g. unet_family) counts as its default."""
+    from .config import DEFAULTS
+    saved = {k: saved_cfg[k] if k in saved_cfg else DEFAULTS.get(k, (None,))[0] for k in keys}
+    diffs = [f"{k}: checkpoint {saved[k]!r} vs config {cfg.get(k)!r}"
+             for k in keys if saved[k] != cfg.get(k)]
     if diffs:
         raise CheckpointError("checkpoint is from a different architecture (" + "; ".join(diffs) + ")")
 

@@ -1,0 +1,48 @@
+"""denoising-diffusion-pytorch's diffusion settings in ddpm_ms, checked against hand-computed values
+(tests/test_parity_lucid.py checks them against the installed library itself)."""
+import math
+
+import numpy as np
+import pytest
+
+from ddpm_ms.config import ConfigError, resolve
+from ddpm_ms.samplers import DDIMSampler, lucid_grid, timestep_grid
+from ddpm_ms.schedule import NoiseSchedule, sigmoid_alphas_cumprod
+
+
+def test_sigmoid_abar_is_a_sigmoid_on_abar_not_on_betas():
+    T = 1000
+    s = NoiseSchedule("sigmoid_abar", T)
+    # abar(u) = (s(3) - s(6u - 3)) / (s(3) - s(-3)): 1/2 at u = 1/2 by symmetry; table index t is u = (t+1)/T
+    assert s.alphas_cumprod[T // 2 - 1] == pytest.approx(0.5, abs=1e-12)
+    sig = 1 / (1 + math.exp(-3.0))
+    u = 0.1
+    expected = (sig - 1 / (1 + math.exp(-(6 * u - 3)))) / (sig - (1 - sig))
+    assert s.alphas_cumprod[int(u * T) - 1] == pytest.approx(expected, rel=1e-12)
+    assert s.betas[-1] == 0.999                                      # abar(1) = 0: the last beta is clipped
+    assert not np.allclose(s.betas, NoiseSchedule("sigmoid", T).betas, rtol=0.1)
+    assert sigmoid_alphas_cumprod(np.array([0.0, 500.0, 1000.0]), T) == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
+
+
+def test_lucid_grid_hand_values():
+    assert timestep_grid(1000, 50, "lucid").tolist() == list(range(19, 1000, 20))
+    assert timestep_grid(50, 50, "lucid").tolist() == list(range(50))
+    assert timestep_grid(1000, 3, "lucid").tolist() == [332, 665, 999]   # -1 + 1000 i / 3 = 332.3, 665.7, 999
+    # torch's float32 linspace gives 510.99997 at i = 7 (T = 1024, S = 14): 510, where float64 says 511
+    assert lucid_grid(1024, 14)[6] == 510
+    assert math.trunc(np.linspace(-1, 1023, 15)[7]) == 511
+
+
+def test_ddim_on_lucid_grid_ends_on_clean_data():
+    sampler = DDIMSampler(NoiseSchedule("linear", 1000), num_steps=50, spacing="lucid")
+    assert sampler.timesteps[0] == 999 and sampler.timesteps[-1] == 19 and sampler.t_prev[-1] == -1
+
+
+def test_config_accepts_the_lucid_settings():
+    cfg = resolve(base=dict(unet_family="lucid", beta_schedule="sigmoid_abar", loss_weight="min_snr",
+                            spacing="lucid", objective="v", use_convnext=False, resnet_block_groups=7))
+    assert cfg["unet_family"] == "lucid"      # no GroupNorm in the lucid blocks: groups are not checked
+    with pytest.raises(ConfigError, match="unet_family' must be one of tutorial, lucid"):
+        resolve(base=dict(unet_family="karras"))
+    with pytest.raises(ConfigError, match="loss_weight' must be one of p2, min_snr, none"):
+        resolve(base=dict(loss_weight="snr"))
