@@ -65,8 +65,8 @@ def main(argv=None):
     p.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-bin"))
     p.add_argument("--num_images", type=int, default=8)
     args = p.parse_args(argv)
-    from ddpm_ms.eval.evaluate import load_cifar10
-    images = load_cifar10(args.data_dir)[:args.num_images]
+    from ddpm_ms.data import read_cifar10
+    images = read_cifar10(args.data_dir)[:args.num_images]
     with tempfile.TemporaryDirectory() as tmp:
         pth, ckpt = os.path.join(tmp, "pt_inception_random.pth"), os.path.join(tmp, "inception_fid.ckpt")
         random_torch_inception(pth)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from ddpm_ms.eval import evaluate, metrics
+from ddpm_ms.data import DataError, read_idx
 from ddpm_ms.eval import feature_net as fn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,20 +64,20 @@ def _run(capsys, *argv):
 
 # --------------------------------------------------------------------------- IDX + checkpoint
 
-def test_load_idx_gz_and_raw(tmp_path):
+def test_read_idx_gz_and_raw(tmp_path):
     imgs = np.arange(2 * 3 * 4).reshape(2, 3, 4) % 256
     labels = np.array([7, 1, 9])
     _write_idx(tmp_path / "x-images-idx3-ubyte.gz", imgs, 2051)
     _write_idx(tmp_path / "y-labels-idx1-ubyte", labels, 2049)
-    np.testing.assert_array_equal(fn.load_idx_gz(tmp_path / "x-images-idx3-ubyte.gz"), imgs)
-    np.testing.assert_array_equal(fn.load_idx_gz(tmp_path / "x-images-idx3-ubyte"), imgs)  # finds .gz
-    np.testing.assert_array_equal(fn.load_idx_gz(tmp_path / "y-labels-idx1-ubyte.gz"), labels)  # finds raw
+    np.testing.assert_array_equal(read_idx(tmp_path / "x-images-idx3-ubyte.gz"), imgs)
+    np.testing.assert_array_equal(read_idx(tmp_path / "x-images-idx3-ubyte"), imgs)  # finds .gz
+    np.testing.assert_array_equal(read_idx(tmp_path / "y-labels-idx1-ubyte.gz"), labels)  # finds raw
     _write_idx(tmp_path / "bad.gz", labels, 1234)
-    with pytest.raises(fn.FeatureNetError, match="magic 1234"):
-        fn.load_idx_gz(tmp_path / "bad.gz")
+    with pytest.raises(DataError, match="magic 1234"):
+        read_idx(tmp_path / "bad.gz")
     (tmp_path / "short").write_bytes(2051 .to_bytes(4, "big") + b"\0\0\0\x05\0\0\0\x02\0\0\0\x02" + b"\0" * 3)
-    with pytest.raises(fn.FeatureNetError, match="truncated"):
-        fn.load_idx_gz(tmp_path / "short")
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "short")
 
 
 def test_feature_net_shapes_and_checkpoint_round_trip(tmp_path, random_classifier):

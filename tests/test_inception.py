@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA_ROOT
+from ddpm_ms.data import read_cifar10
 from ddpm_ms.eval import evaluate
 from ddpm_ms.eval import inception as inc
 from ddpm_ms.eval.feature_net import sha256_file
@@ -188,7 +189,7 @@ def test_evaluate_cli_rgb_against_cifar10(capsys, tmp_path, he_ckpt):
     cifar = DATA_ROOT / "cifar10-bin" / "cifar-10-batches-bin"
     if not (cifar / "test_batch.bin").is_file():
         pytest.skip(f"CIFAR-10 binary batch not found under {cifar}")
-    real = evaluate.load_cifar10(str(cifar))
+    real = read_cifar10(str(cifar))
     assert real.shape == (10000, 32, 32, 3)
     # record 0 of test_batch.bin by hand: label byte, then 1024 R, 1024 G, 1024 B bytes
     raw = np.fromfile(cifar / "test_batch.bin", dtype=np.uint8, count=3073)

@@ -27,10 +27,11 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from ..config import ConfigError
+from ..data.sources import read_cifar10
 from . import metrics
 
 __all__ = ["EvalError", "GRAY_REFS", "RGB_REFS", "load_samples", "load_reference", "evaluate_images",
@@ -40,8 +41,9 @@ GRAY_REFS = ("fashion_mnist",)
 RGB_REFS = ("cifar10", "image_folder")
 
 
-class EvalError(Exception):
-    """Bad input; the message is one line saying what to fix."""
+class EvalError(ConfigError):
+    """Bad input; the message is one line saying what to fix (a ConfigError, so ``run_main``
+    prints it as one line also when this module runs as ``__main__``)."""
 
 
 def _log(msg):
@@ -75,25 +77,6 @@ def _need_inception(args):
                         "python -m ddpm_ms.eval.inception convert; nothing is downloaded)")
 
 
-def load_cifar10(data_dir, split="test"):
-    """uint8 (N, 32, 32, 3) from the official binary batches in ``data_dir`` (the
-    ``cifar-10-batches-bin`` folder or the folder holding it)."""
-    root = Path(data_dir)
-    names = ["test_batch.bin"] if split == "test" else [f"data_batch_{i}.bin" for i in range(1, 6)]
-    if not (root / names[0]).is_file() and (root / "cifar-10-batches-bin" / names[0]).is_file():
-        root = root / "cifar-10-batches-bin"
-    out = []
-    for name in names:
-        path = root / name
-        if not path.is_file():
-            raise EvalError(f"CIFAR-10 batch not found: {path} (pass --data_dir pointing at cifar-10-batches-bin)")
-        raw = np.fromfile(path, dtype=np.uint8)
-        if raw.size % 3073:
-            raise EvalError(f"{path} is not a CIFAR-10 binary batch ({raw.size} bytes, not a multiple of 3073)")
-        out.append(raw.reshape(-1, 3073)[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    return np.concatenate(out, 0)
-
-
 def load_folder_images(data_dir, size):
     """uint8 (N, size, size, 3): every image under ``data_dir``, short side resized to ``size``
     and centre-cropped (as the training pipeline does)."""
@@ -119,7 +102,7 @@ def load_reference(args, rng, size=32):
     if ref.endswith(".npz") or os.path.isfile(ref):
         images, label = load_samples(ref, "reference"), os.path.abspath(ref)
     elif ref == "cifar10":
-        images, label = load_cifar10(args.data_dir or "data/cifar-10-batches-bin", args.ref_split), \
+        images, label = read_cifar10(args.data_dir or "data/cifar-10-batches-bin", args.ref_split), \
             f"cifar10:{args.ref_split}"
     elif ref == "image_folder":
         if not args.data_dir:

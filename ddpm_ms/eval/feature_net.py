@@ -19,7 +19,6 @@ checkpoint's SHA-256; ``load_feature_net`` refuses a checkpoint that does not ma
 FID values are only comparable between runs that report the same ``sha256``.
 """
 import argparse
-import gzip
 import hashlib
 import json
 import math
@@ -30,21 +29,20 @@ import time
 import numpy as np
 
 from ..cpu_env import apply_cpu_env
+from ..data.sources import IDX_PREFIX, read_idx
 
 apply_cpu_env(verbose=False)  # before MindSpore is imported (idempotent)
 
 import mindspore as ms  # noqa: E402
 from mindspore import nn  # noqa: E402
 
-__all__ = ["FeatureNetError", "FashionCNN", "NET_NAME", "FEATURE_DIM", "load_idx_gz",
+__all__ = ["FeatureNetError", "FashionCNN", "NET_NAME", "FEATURE_DIM", 
            "load_fashion_mnist", "images_to_input", "extract_features", "predict", "accuracy",
            "train_classifier", "save_feature_net", "load_feature_net", "read_meta",
            "default_classifier_path", "sha256_file"]
 
 NET_NAME = "fmnist_cnn_v1"   # bump when the architecture or input convention changes
 FEATURE_DIM = 128
-IDX_MAGIC = {2049: 1, 2051: 3}   # labels: 1 dim, images: 3 dims (N, rows, cols)
-SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 
 
 class FeatureNetError(Exception):
@@ -80,46 +78,17 @@ class FashionCNN(nn.Cell):
 
 # --------------------------------------------------------------------------- data
 
-def load_idx_gz(path):
-    """Read an IDX file (``.gz`` or decompressed) into a uint8 array.
-
-    Images (magic 2051) -> (N, rows, cols); labels (magic 2049) -> (N,). If ``path`` is
-    missing, the same name with/without ``.gz`` is tried.
-    """
-    path = str(path)
-    if not os.path.isfile(path):
-        alt = path[:-3] if path.endswith(".gz") else path + ".gz"
-        if not os.path.isfile(alt):
-            raise FeatureNetError(f"IDX file not found: {path} (nor {alt})")
-        path = alt
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise FeatureNetError(f"cannot read IDX file {path}: {e}") from None
-    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
-    if magic not in IDX_MAGIC:
-        raise FeatureNetError(f"{path} is not an IDX image/label file (magic {magic}, expected 2049 or 2051)")
-    ndim = IDX_MAGIC[magic]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise FeatureNetError(f"{path} is truncated: header says {shape}, found {data.size} bytes")
-    return data.reshape(shape)
-
-
 def load_fashion_mnist(data_dir, split="test"):
     """Images (N, 28, 28) uint8 and labels (N,) uint8 of one split ('train' or 'test')
     from the official IDX files (``.gz`` or decompressed) in ``data_dir``."""
-    if split not in SPLIT_PREFIX:
+    if split not in IDX_PREFIX:
         raise FeatureNetError(f"split must be 'train' or 'test', got {split!r}")
     if not os.path.isdir(data_dir):
         raise FeatureNetError(f"Fashion-MNIST folder not found: {data_dir} (pass --data_dir DIR "
                               f"holding the official *-idx?-ubyte.gz files)")
-    prefix = os.path.join(data_dir, SPLIT_PREFIX[split])
-    images = load_idx_gz(prefix + "-images-idx3-ubyte.gz")
-    labels = load_idx_gz(prefix + "-labels-idx1-ubyte.gz")
+    prefix = os.path.join(data_dir, IDX_PREFIX[split])
+    images = read_idx(prefix + "-images-idx3-ubyte.gz")
+    labels = read_idx(prefix + "-labels-idx1-ubyte.gz")
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise FeatureNetError(f"Fashion-MNIST {split} files in {data_dir} disagree: images "
                               f"{images.shape}, labels {labels.shape}")
