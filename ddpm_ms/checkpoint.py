@@ -15,6 +15,7 @@ from .files import atomic_write
 
 FORMAT_VERSION = 1
 EMA_PREFIX = "ema."
+WEIGHTS = ("ema", "raw")  # which weight set to load: the EMA copy or the trained weights
 META_KEYS = ("step", "epoch", "config_json", "format_version", "kind")
 
 

@@ -13,6 +13,12 @@ import json
 import math
 import os
 
+from .data.sources import DATASETS, SPLITS
+from .errors import ConfigError  # noqa: F401 - the name every module imports from here
+from .runtime import CONV_IMPLS, DEVICE_TARGETS, MODES
+from .samplers import SAMPLERS, SPACINGS
+from .schedule import BETA_SCHEDULES, LOSS_TYPES, LOSS_WEIGHTS, OBJECTIVES
+
 # key: (default, type, help). Types: int, float, bool, str, "ints" (list of int),
 # "float?" / "str?" (may be null). Choices are checked in CHOICES below.
 DEFAULTS = {
@@ -107,23 +113,25 @@ DEFAULTS = {
     "checkpoint_url": ("", str, "ModelArts: OBS checkpoint to resume from"),
 }
 
+# Allowed values. A vocabulary owned by a module that imports no MindSpore is read from it;
+# the rest (whose owners import MindSpore, which this module must not) is defined here.
 CHOICES = {
-    "device_target": ("auto", "CPU", "GPU", "Ascend"),
-    "mode": ("auto", "graph", "pynative"),
-    "dataset": ("fashion_mnist", "mnist", "cifar10", "image_folder"),
-    "split": ("train", "test", "all"),
+    "device_target": DEVICE_TARGETS,
+    "mode": MODES,
+    "conv_impl": CONV_IMPLS,
+    "dataset": DATASETS,
+    "split": SPLITS,
     "channels": (1, 3),
-    "beta_schedule": ("linear", "cosine", "quadratic", "sigmoid", "sigmoid_abar"),
-    "objective": ("eps", "x0", "v"),
-    "loss_weight": ("p2", "min_snr", "none"),
+    "beta_schedule": BETA_SCHEDULES,
+    "objective": OBJECTIVES,
+    "loss_weight": LOSS_WEIGHTS,
+    "loss_type": LOSS_TYPES,
+    "sampler": SAMPLERS,
+    "spacing": SPACINGS,
     "unet_family": ("tutorial", "lucid"),
-    "loss_type": ("huber", "l1", "l2"),
     "optimizer": ("adam", "adamw"),
     "lr_schedule": ("constant", "cosine"),
     "amp_level": ("O0", "O1", "O2", "O3", "auto"),
-    "sampler": ("ddpm", "ddim", "naive", "dpmpp2m"),
-    "spacing": ("leading", "trailing", "linspace", "lucid"),
-    "conv_impl": ("auto", "native", "matmul"),
     "data_sink": ("auto", "on", "off"),
 }
 
@@ -135,21 +143,8 @@ NON_NEGATIVE = ("lr", "min_lr", "max_steps", "epochs", "max_minutes", "sample_ev
                 "weight_decay", "init_dim", "out_dim", "p2_k")
 
 
-class ConfigError(ValueError):
-    """A bad setting; its message is one line that says what to fix."""
-
-
 class Config(dict):
-    """The resolved settings: a dict with attribute access (cfg.lr or cfg['lr'])."""
-
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-    def to_json(self):
-        return json.dumps(dict(self), sort_keys=True)
+    """The resolved settings: a plain dict (``cfg['lr']``) of every key in ``DEFAULTS``."""
 
 
 # Names people bring from other projects, mapped to ours for the "did you mean" hint.

@@ -15,7 +15,7 @@ rounding (tests/test_convs.py).
 
 The switch ``conv_impl``: ``native`` (MindSpore's kernels), ``matmul`` (this module), ``auto``
 (matmul on CPU; native on Ascend and GPU, whose vendor conv kernels are the fast path), is
-resolved by ``device.resolve_conv_impl``, which imports no MindSpore: the CPU settings must
+resolved by ``runtime.resolve_conv_impl``, which imports no MindSpore: the CPU settings must
 know the choice before MindSpore loads (``cpu_env.apply_cpu_env(matmul_convs=...)``).
 """
 import mindspore as ms

@@ -4,13 +4,13 @@ MindSpore 2.10's CPU backend has two traps on machines like ours (bench/bench_tr
 BENCHMARKS.md):
 
 * with any AVX-512 ISA allowed, its oneDNN runs plain-NCHW fp32 convolutions with a
-  reference kernel, about 100x slower than the im2col+GEMM kernel it picks when capped
+  reference kernel, about 20x slower than the im2col+GEMM kernel it picks when capped
   at AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``; oneDNN reads it once, when it loads);
 * it sizes its kernel thread pool to 25 whatever the machine has.
 
 ``apply_cpu_env()`` fixes both through the environment, leaving alone anything the user
 has already set: ``ONEDNN_MAX_CPU_ISA`` as is, ``DDPM_MS_CPU_THREADS`` (our variable) for
-the thread count. ``device.setup_device`` then passes the count to
+the thread count. ``runtime.setup_device`` then passes the count to
 ``mindspore.device_context.cpu.op_tuning.threads_num``, the pool oneDNN runs on
 (MindSpore builds oneDNN with its own thread pool, not OpenMP); ``OMP_NUM_THREADS`` and
 the BLAS variables get the same count for the few libraries that read them. It imports

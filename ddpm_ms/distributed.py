@@ -13,7 +13,7 @@ except on ModelArts, where every worker first stages its data (the scheduler ski
 
 What each rank does differently is decided elsewhere from ``rank`` / ``world``:
 the data set is sharded (rank r reads rows r::world), t and noise are rank r's rows of one
-global draw (``trainer.draw_t_noise``), and only rank 0 writes files.
+global draw (``train_step.draw_t_noise``), and only rank 0 writes files.
 """
 import os
 
@@ -155,7 +155,7 @@ class _AllRanksTrue(nn.Cell):
 def setup(cfg, log=print):
     """Initialise data parallel when wanted; return a Comm, or None for a single process.
 
-    Must run after the device is set (``cli.prepare``) and before anything writes files.
+    Must run after the device is set (``runtime.prepare``) and before anything writes files.
     """
     if not wanted(cfg):
         return None

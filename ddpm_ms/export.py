@@ -52,11 +52,12 @@ def export_checkpoint(ckpt_path, out, weights="ema", batch_size=1):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Export a ddpm_ms checkpoint's U-Net to MindIR.", allow_abbrev=False)
-    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
+    from .runtime import DEVICE_TARGETS
+    from .sample_cli import add_checkpoint_args
+    add_checkpoint_args(p)
     p.add_argument("--out", default="unet.mindir", help="MindIR file to write [default: unet.mindir]")
-    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA (default) or raw weights")
     p.add_argument("--batch_size", type=int, default=1, help="batch size the graph takes [default: 1]")
-    p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"), default="CPU")
+    p.add_argument("--device_target", choices=DEVICE_TARGETS, default="CPU")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         from .config import ConfigError

@@ -5,7 +5,7 @@ the ``moxing`` package. Before training, one process per node (local rank 0) cop
 ``data_url`` to ``<cache>/data`` and ``checkpoint_url`` to ``<cache>/checkpoint`` with
 ``moxing.file.copy_parallel`` while the node's other processes wait for a marker file; the
 run then reads and writes local disk only. This staging runs before
-``mindspore.communication.init()`` (see ``train_job.run``), as the model zoo's ModelArts adapter
+``mindspore.communication.init()`` (see ``train.py``), as the model zoo's ModelArts adapter
 does, so no rank waits in a collective while its node copies data. Rank 0 copies its run folder
 (checkpoints, samples, metrics, config) to ``train_url`` after every checkpoint on a background
 thread (a hard-linked snapshot of the folder), and once more, synchronously, at exit.

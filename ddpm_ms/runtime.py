@@ -19,8 +19,8 @@ import sys
 
 import numpy as np
 
-from .config import ConfigError, build_parser, load_config
 from .cpu_env import apply_cpu_env, cpu_threads
+from .errors import ConfigError
 
 DEVICE_TARGETS = ("auto", "CPU", "GPU", "Ascend")
 MODES = ("auto", "graph", "pynative")
@@ -257,6 +257,7 @@ def prepare(argv=None, description=None, parser=None, verbose=True):
     device line it prints says why. The saved config records what actually ran;
     ``cfg['_requested_mode']`` keeps what was asked for.
     """
+    from .config import build_parser, load_config
     parser = parser or build_parser(description=description)
     cfg = load_config(argv, parser=parser)
     # the U-Net is the only network of a train job: with matmul convs, oneDNN may go uncapped

@@ -10,7 +10,7 @@ reconstruction) and ``inversion.npz`` (``inputs``, ``reconstructions`` uint8 [N,
 ``x_T`` float32 [N, C, H, W]) and prints MSE and PSNR in [0, 255] space.
 
 Every user mistake (missing or foreign checkpoint, --steps out of range, unreadable image)
-raises ConfigError / CheckpointError / DataError, which ``cli.run_main`` prints as one line.
+raises ConfigError / CheckpointError / DataError, which ``runtime.run_main`` prints as one line.
 
 Nothing is replaced silently: an output folder that already holds samples (or inversion
 files) is refused unless ``--overwrite`` is given. The folder is checked for writing before
@@ -43,8 +43,8 @@ MODES_HELP = ("auto (default, as train.py): graph on Ascend and GPU, and on CPU 
 
 def add_runtime_args(p):
     """--device_target/--mode/--device_id, shared with ``python -m ddpm_ms.pictures``."""
-    p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"), default="auto")
-    from .runtime import CONV_IMPLS, MODES
+    from .runtime import CONV_IMPLS, DEVICE_TARGETS, MODES
+    p.add_argument("--device_target", choices=DEVICE_TARGETS, default="auto")
     p.add_argument("--mode", choices=MODES, default="auto", help=MODES_HELP)
     p.add_argument("--device_id", type=int, default=-1)
     p.add_argument("--conv_impl", choices=CONV_IMPLS, default="auto",
@@ -54,13 +54,18 @@ def add_runtime_args(p):
 
 
 def add_checkpoint_args(p):
+    """--ckpt and --weights, shared with ``python -m ddpm_ms.pictures`` and ``ddpm_ms.export``."""
+    from .checkpoint import WEIGHTS
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (holds the config)")
-    p.add_argument("--weights", choices=("ema", "raw"), default="ema",
+    p.add_argument("--weights", choices=WEIGHTS, default="ema",
                    help="EMA weights (default) or the raw trained weights")
 
 
-def add_sampler_args(p, samplers=("ddpm", "ddim", "naive", "dpmpp2m")):
-    """Sampler options; unset ones fall back to the checkpoint's config."""
+def add_sampler_args(p, samplers=None):
+    """Sampler options (``samplers``: the ones offered, default all); unset ones fall back to the
+    checkpoint's config."""
+    from .samplers import SAMPLERS, SPACINGS
+    samplers = samplers or SAMPLERS
     if len(samplers) > 1:
         p.add_argument("--sampler", choices=samplers, default=None,
                        help="ddpm: ancestral, all T steps; ddim: DDIM on a sub-grid (eta 0 = "
@@ -73,7 +78,7 @@ def add_sampler_args(p, samplers=("ddpm", "ddim", "naive", "dpmpp2m")):
     if "ddim" in samplers and len(samplers) > 1:
         p.add_argument("--eta", type=float, default=None,
                        help="DDIM eta in [0, 1] (0 = deterministic, 1 = DDPM-like); ddim only")
-    p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None,
+    p.add_argument("--spacing", choices=SPACINGS, default=None,
                    help="timestep grid for ddim/naive/dpmpp2m (dpmpp2m's leading and linspace grids "
                         "leave out t = 0, as diffusers' DPM-Solver does)")
     p.add_argument("--clip_x0", choices=("true", "false"), default=None,

@@ -287,8 +287,8 @@ class DDIMInverter(CoefSampler):
     g = sqrt(abar_t / abar_from), sigma = 0, no clipping. If eps(x, t) equals the noise of
     x = q_sample(x0, t_from, noise) the step lands exactly on q_sample(x0, t, noise), so
     ``DDIMSampler`` (eta = 0) on the same grid retraces the path back to x0. The pred_x0
-    returned by ``step`` is the model's estimate at level t. ``t_next`` lists the target levels
-    (= timesteps); ``t_from`` the starting levels.
+    returned by ``step`` is the model's estimate at level t. ``timesteps`` are the target levels
+    and ``t_from`` the starting levels.
     """
 
     def __init__(self, schedule, num_steps=50, spacing="leading", objective="eps"):
@@ -302,7 +302,6 @@ class DDIMInverter(CoefSampler):
         super().__init__(schedule, ts, table, clip_x0=False)
         self.spacing, self.objective = spacing, objective
         self.t_from = [int(t) for t in t_from]
-        self.t_next = list(self.timesteps)
 
 
 def solver_timestep_grid(num_timesteps, num_steps, spacing="leading"):

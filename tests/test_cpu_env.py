@@ -125,7 +125,7 @@ def test_no_cap_when_every_conv_is_a_matmul(tmp_path):
 
 
 def _prepare(tmp_path, args, then):
-    """cli.prepare(args) in a fresh process with no CPU variables set, then the code ``then``; stdout."""
+    """runtime.prepare(args) in a fresh process with no CPU variables set, then the code ``then``; stdout."""
     code = f"import os\nfrom ddpm_ms.runtime import prepare\ncfg, info = prepare({args!r})\n{then}"
     env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
     env.update(PYTHONPATH=str(ROOT), GLOG_v="3")

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..data.sources import read_cifar10
+from ..runtime import DEVICE_TARGETS
 from . import metrics
 
 __all__ = ["EvalError", "GRAY_REFS", "RGB_REFS", "load_samples", "load_reference", "evaluate_images",
@@ -180,7 +181,7 @@ def build_arg_parser():
     p.add_argument("--kid_subset_size", type=int, default=1000)
     p.add_argument("--k", type=int, default=3, help="k of the k-NN radii for precision/recall")
     p.add_argument("--seed", type=int, default=0, help="seed for reference subsets and KID subsets")
-    p.add_argument("--device_target", default="CPU", choices=("auto", "CPU", "GPU", "Ascend"))
+    p.add_argument("--device_target", default="CPU", choices=DEVICE_TARGETS)
     return p
 
 

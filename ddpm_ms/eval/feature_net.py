@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from ..cpu_env import apply_cpu_env
+from ..runtime import DEVICE_TARGETS
 from ..data.sources import IDX_PREFIX, read_idx
 
 apply_cpu_env(verbose=False)  # before MindSpore is imported (idempotent)
@@ -272,7 +273,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help=f"checkpoint path (default: {default_classifier_path()})")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device_target", default="CPU", choices=("auto", "CPU", "GPU", "Ascend"))
+    p.add_argument("--device_target", default="CPU", choices=DEVICE_TARGETS)
     args = p.parse_args(argv)
     from ..runtime import DeviceError, setup_device
     try:
