@@ -90,7 +90,7 @@ def precision_mode(amp_level, chip_name):
     O0 must be float32: on 910A MindSpore's default (allow_fp32_to_fp16) would run every
     convolution and matmul in float16, so O0 asks for ``force_fp32`` there (float16 inputs,
     float32 outputs for the cube ops that have no float32 kernel; vector ops float32). On 910B
-    ``must_keep_origin_dtype`` runs the graph's own dtypes. With amp (O1/O2/O3/auto) the network
+    ``must_keep_origin_dtype`` runs the graph's own dtypes. With amp (O1) the network
     casts its convolutions and matmuls to float16 itself and keeps norms, softmax and the loss
     float32, so the graph's dtypes should be kept: ``must_keep_origin_dtype`` on 910B;
     on 910A ``allow_fp32_to_fp16`` (its default) for the remaining float32 matrix ops.

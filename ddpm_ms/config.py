@@ -85,7 +85,8 @@ DEFAULTS = {
     "grad_accum": (1, int, "micro-batches per optimizer step"),
     "ema_decay": (0.999, float, "EMA decay; 0 = no EMA"),
     "ema_warmup": (True, bool, "EMA decay ramps up as (1 + n) / (10 + n)"),
-    "amp_level": ("O0", str, "O0 | O1 | O2 | O3 | auto mixed precision"),
+    "amp_level": ("O0", str, "O0 (float32) | O1 (MindSpore's O1: convs and matmuls in float16, norms, softmax "
+                             "and loss in float32, dynamic loss scaling)"),
     "loss_scale": (65536.0, float, "initial dynamic loss scale (amp only)"),
     # stopping and logging
     "max_steps": (0, int, "stop after this many steps (0 = use epochs)"),
@@ -131,7 +132,7 @@ CHOICES = {
     "unet_family": ("tutorial", "lucid"),
     "optimizer": ("adam", "adamw"),
     "lr_schedule": ("constant", "cosine"),
-    "amp_level": ("O0", "O1", "O2", "O3", "auto"),
+    "amp_level": ("O0", "O1"),
     "data_sink": ("auto", "on", "off"),
 }
 
@@ -241,8 +242,16 @@ def _int(v):
     return int(str(v).strip())
 
 
+# amp_level values that earlier versions accepted and ran exactly as O1 does now.
+OLD_AMP_LEVELS = ("O2", "O3", "auto")
+
+
 def validate(cfg):
     """Cross-key and range checks on a full config; raise ConfigError."""
+    if cfg["amp_level"] in OLD_AMP_LEVELS:
+        raise ConfigError(f"amp_level {cfg['amp_level']} is not offered: ddpm_ms implements O0 (float32) and O1 "
+                          "(MindSpore's O1 white list: convs and matmuls in float16), which is what "
+                          f"{cfg['amp_level']} ran in earlier versions; use --amp_level O1")
     for key, allowed in CHOICES.items():
         if cfg[key] not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, allowed))}, "
@@ -412,7 +421,10 @@ def save_config(cfg, path):
 
 
 def config_from_dict(values):
-    """Rebuild a validated Config from a saved dict (e.g. a checkpoint's); unknown keys fail."""
+    """Rebuild a validated Config from a saved dict (e.g. a checkpoint's); unknown keys fail.
+    A checkpoint trained with amp_level O2 / O3 / auto (which ran as O1) reads as O1."""
+    if values.get("amp_level") in OLD_AMP_LEVELS:
+        values = dict(values, amp_level="O1")
     return resolve(base=values)
 
 

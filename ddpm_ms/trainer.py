@@ -115,7 +115,7 @@ class Trainer:
         set_seed(cfg["seed"])  # the initial weights depend on the config only, not on what ran before
         self.net = build_unet(cfg)
         self.amp = cfg["amp_level"] != "O0"
-        if self.amp:  # O1/O2/O3/auto: convs and matmuls in float16; norms, softmax, loss in float32
+        if self.amp:  # O1: convs and matmuls in float16; norms, softmax, loss in float32
             set_compute_dtype(self.net, ms.float16)
         self.ema_net = build_unet(cfg) if cfg["ema_decay"] > 0 else None
         if self.ema_net is not None:

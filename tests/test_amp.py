@@ -16,7 +16,7 @@ def amp_cfg(out, **over):
     base = dict(dataset="image_folder", data_dir=str(out), image_size=8, channels=3, dim=8, dim_mults=[1, 2],
                 attn_heads=1, attn_head_dim=8, timesteps=50, batch_size=4, max_steps=4, lr=1e-3,
                 ema_decay=0.9, log_every=1, save_every=2, sample_every=0, num_preview=2, sample_steps=2,
-                output_dir=str(out), run_name="run", device_target="CPU", seed=3, amp_level="O2",
+                output_dir=str(out), run_name="run", device_target="CPU", seed=3, amp_level="O1",
                 loss_scale=1024.0, mode="graph")
     base.update(over)
     return resolve(base=base)

@@ -165,3 +165,17 @@ def test_train_py_with_modelarts_flags_from_another_directory(tmp_path):
     assert "ignoring platform flag --num_gpus=1" in r.stdout
     assert f"config file: {ROOT / 'configs' / 'fashion_mnist_smoke.yaml'}" in r.stdout
     assert r.stderr.strip().splitlines()[-1] == "error: config key 'batch_size' must be an integer, got 'many'"
+
+
+def test_amp_levels_are_the_ones_implemented():
+    """O0 and O1 exist; O2 / O3 / auto (which ran as O1 before) are refused in one line that says
+    to use O1, while a checkpoint's saved config with them still loads, as O1."""
+    from ddpm_ms.config import ConfigError, config_from_dict, resolve
+    assert resolve(base={"amp_level": "O1"})["amp_level"] == "O1"
+    for old in ("O2", "O3", "auto"):
+        with pytest.raises(ConfigError, match=f"amp_level {old} is not offered.*use --amp_level O1"):
+            load_config(["--amp_level", old])
+        saved = dict(resolve(base={}), amp_level=old)
+        assert config_from_dict(saved)["amp_level"] == "O1"
+    with pytest.raises(ConfigError, match="amp_level"):
+        load_config(["--amp_level", "O4"])
