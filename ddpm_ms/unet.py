@@ -202,6 +202,23 @@ class _QKV(nn.Cell):
         return q.reshape(shape), k.reshape(shape), v.reshape(shape)
 
 
+class SoftmaxAttend(nn.Cell):
+    """Softmax attention of one head per batch row: q [BH, d, n], k and v [BH, d, m] -> [BH, d, n],
+    out = v softmax(q^T k * scale)^T (softmax over the m keys, in float32). Transposes are folded
+    into the matmuls (no Transpose ops in forward or backward). Shared by both U-Net families."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+        self.softmax = Softmax()
+        self.bmm_tn = ops.BatchMatMul(transpose_a=True)
+        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
+
+    def construct(self, q, k, v):
+        attn = self.softmax(self.bmm_tn(q * self.scale, k)).astype(v.dtype)   # q^T k: [BH, n, m]
+        return self.bmm_nt(v, attn)                                           # (attn v^T)^T: [BH, d, n]
+
+
 class Attention(_QKV):
     """Multi-head softmax attention over the H*W positions; [B, dim, H, W] -> same.
 
@@ -211,18 +228,12 @@ class Attention(_QKV):
     def __init__(self, dim, heads=4, head_dim=32, conv_impl="native"):
         super().__init__(dim, heads, head_dim, conv_impl)
         self.to_out = conv2d(self.hidden, dim, 1, impl=conv_impl)
-        self.softmax = Softmax()
-        # transposes folded into the matmuls (no Transpose ops in forward or backward)
-        self.bmm_tn = ops.BatchMatMul(transpose_a=True)
-        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
+        self.attend = SoftmaxAttend(self.scale)
 
     def construct(self, x):
         b, _, h, w = x.shape
         q, k, v = self._split(x)
-        sim = self.bmm_tn(q * self.scale, k)                            # q^T k: [BH, n, n]
-        attn = self.softmax(sim).astype(v.dtype)
-        out = self.bmm_nt(v, attn)                                      # (attn v^T)^T: [BH, d, n]
-        return self.to_out(out.reshape(b, self.hidden, h, w))
+        return self.to_out(self.attend(q, k, v).reshape(b, self.hidden, h, w))
 
 
 class LinearAttention(_QKV):

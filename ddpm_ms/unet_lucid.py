@@ -33,7 +33,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from .unet import Softmax, conv2d, dense, gelu, unet_kwargs
+from .unet import Softmax, SoftmaxAttend, conv2d, dense, gelu, unet_kwargs
 
 LUCID_KEYS = ("dim", "init_dim", "out_dim", "dim_mults", "channels", "attn_heads", "attn_head_dim",
               "dropout", "image_size", "sinusoidal_theta")
@@ -181,18 +181,14 @@ class Attention(_HeadsQKV):
         self.mem_kv = Parameter(Tensor(np.random.standard_normal((2, heads, num_mem_kv, head_dim))
                                        .astype(np.float32)))
         self.to_out = conv2d(self.hidden, dim, 1, impl=conv_impl)
-        self.softmax = Softmax()
-        self.bmm_tn = ops.BatchMatMul(transpose_a=True)
-        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
+        self.attend = SoftmaxAttend(self.scale)
 
     def construct(self, x):
         b, _, h, w = x.shape
         q, k, v = self.qkv(x)
-        k = ops.concat((self.memory(self.mem_kv[0].transpose(0, 2, 1), b, k.dtype), k), axis=2)
+        k = ops.concat((self.memory(self.mem_kv[0].transpose(0, 2, 1), b, k.dtype), k), axis=2)  # [BH, d, m + n]
         v = ops.concat((self.memory(self.mem_kv[1].transpose(0, 2, 1), b, v.dtype), v), axis=2)
-        attn = self.softmax(self.bmm_tn(q * self.scale, k)).astype(v.dtype)     # [BH, n, m + n]
-        out = self.bmm_nt(v, attn)                                               # [BH, d, n]
-        return self.to_out(out.reshape(b, self.hidden, h, w))
+        return self.to_out(self.attend(q, k, v).reshape(b, self.hidden, h, w))
 
 
 class PixelUnshuffle(nn.Cell):
