@@ -24,6 +24,7 @@ def main(argv=None):
     args = parse_args(argv)
     jit = setup_runtime(args, seed=args.seed)
     from ddpm_ms.checkpoint import load_network
+    from ddpm_ms.samplers import make_sampler
     from ddpm_ms.sampling import image_shape, sample, sampling_options
     from ddpm_ms.schedule import build_schedule
 
@@ -36,15 +37,16 @@ def main(argv=None):
     # 3. the command line over the checkpoint's sampler settings; the output folder is checked
     #    before any sampling
     opts = sampling_options(cfg, args.sampler, args.steps, args.eta, args.spacing, args.clip_x0)
+    sampler = make_sampler(schedule=build_schedule(cfg), **opts)
     prepare_output(out, SAMPLE_FILES, args.overwrite)
-    print(f"[ddpm_ms] sampling {args.num_samples} images, {opts['sampler']} {opts['num_steps']} "
+    print(f"[ddpm_ms] sampling {args.num_samples} images, {opts['name']} {sampler.num_steps} "
           f"steps, {args.weights} weights of step {meta['step']}, seed {args.seed}, into {out}", flush=True)
 
     # 4. sample batch by batch; every finished batch is on disk, also after an error or Ctrl-C
     writer = SampleWriter(out, args.num_samples, per_image=not args.no_per_image)
     try:
-        sample(net, build_schedule(cfg), args.num_samples, image_shape(cfg), batch_size=args.batch_size,
-               seed=args.seed, jit=jit, on_batch=writer, **opts)
+        sample(net, sampler, args.num_samples, image_shape(cfg), batch_size=args.batch_size,
+               seed=args.seed, jit=jit, on_batch=writer)
     except KeyboardInterrupt:
         writer.flush(quiet=True)
         print(f"\ninterrupted: kept the {writer.done} of {args.num_samples} samples already written in "

@@ -204,6 +204,7 @@ def main(argv=None):
     from ddpm_ms.eval.feature_net import extract_features, load_fashion_mnist
     from ddpm_ms.checkpoint import load_network
     from ddpm_ms.files import save_npz
+    from ddpm_ms.samplers import make_sampler
     from ddpm_ms.sampling import image_shape, sampling_options
     from ddpm_ms.sampling import sample
     from ddpm_ms.schedule import build_schedule
@@ -232,11 +233,11 @@ def main(argv=None):
             secs = results.get(name, {}).get("sample_seconds")
         else:
             opts = sampling_options(cfg, sampler, steps, eta if sampler == "ddim" else None)
-            print(f"[quality] {name}: {num_samples} samples, {opts['sampler']} {opts['num_steps']} steps"
+            print(f"[quality] {name}: {num_samples} samples, {opts['name']} {opts['num_steps']} steps"
                   + ("" if opts["eta"] is None else f", eta {opts['eta']:g}"), flush=True)
             t0 = time.time()
-            images = sample(net, schedule, num_samples, image_shape(cfg), batch_size=args.batch_size,
-                            seed=args.seed, **opts)
+            images = sample(net, make_sampler(schedule=schedule, **opts), num_samples, image_shape(cfg),
+                            batch_size=args.batch_size, seed=args.seed)
             secs = time.time() - t0
             u8 = to_uint8(images)
             os.makedirs(row_dir, exist_ok=True)

@@ -242,12 +242,11 @@ def reverse_main(argv):
     net, cfg, _ = load_network(args.ckpt, args.weights, args.conv_impl)
     opts = sampling_options(cfg, args.sampler, args.steps, args.eta, args.spacing, args.clip_x0)
     schedule = build_schedule(cfg)
-    plan = make_sampler(schedule=schedule, name=opts["sampler"], num_steps=opts["num_steps"], eta=opts["eta"],
-                        spacing=opts["spacing"], objective=opts["objective"], clip_x0=opts["clip_x0"])
+    plan = make_sampler(schedule=schedule, **opts)
     strip = pick_steps(plan.num_steps, args.columns, plan.timesteps, args.at)
     frames = pick_steps(plan.num_steps, args.frames)
-    images, snaps = sample(net, schedule, args.num_images, image_shape(cfg), seed=args.seed, jit=jit,
-                           record=set(strip) | set(frames), **opts)
+    images, snaps = sample(net, plan, args.num_images, image_shape(cfg), seed=args.seed, jit=jit,
+                           record=set(strip) | set(frames))
     by_step = {i: (t, x, px) for i, t, x, px in snaps}
     rows = []
     for n in range(args.num_images):
@@ -255,7 +254,7 @@ def reverse_main(argv):
         rows.append([to_uint8(by_step[i][2][n]) for i in strip] + [to_uint8(images[n])])
     labels = ["x_t", "pred_x0"] * args.num_images
     save_rows(rows, args.out, row_labels=labels, col_labels=[f"t={by_step[i][0]}" for i in strip] + ["output"],
-              title=f"{opts['sampler']} {plan.num_steps} steps, seed {args.seed}")
+              title=f"{opts['name']} {plan.num_steps} steps, seed {args.seed}")
     gif = args.gif or os.path.splitext(args.out)[0] + ".gif"
     pics, texts = [], []
     for i in frames + [None]:
@@ -291,6 +290,7 @@ def interpolate_main(argv):
     from .sample_cli import setup_runtime
     from .sampling import image_shape, sampling_options
     jit = setup_runtime(args, seed=args.seed_a)
+    from .samplers import make_sampler
     from .sampling import initial_noise, sample, slerp
     from .schedule import build_schedule
     net, cfg, _ = load_network(args.ckpt, args.weights, args.conv_impl)
@@ -298,7 +298,8 @@ def interpolate_main(argv):
     shape = image_shape(cfg)
     weights = np.linspace(0.0, 1.0, args.num)
     x_T = slerp(initial_noise(args.seed_a, 1, shape)[0], initial_noise(args.seed_b, 1, shape)[0], weights)
-    images = sample(net, build_schedule(cfg), args.num, shape, x_T=x_T, seed=0, jit=jit, **opts)
+    images = sample(net, make_sampler(schedule=build_schedule(cfg), **opts), args.num, shape, x_T=x_T, seed=0,
+                    jit=jit)
     save_rows([[to_uint8(x) for x in images]], args.out, col_labels=[f"w={w:.2f}" for w in weights],
               title=f"DDIM {opts['num_steps']} steps, eta 0: slerp between seeds {args.seed_a} and {args.seed_b}")
     print(f"wrote {args.out}")

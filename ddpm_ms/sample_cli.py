@@ -283,14 +283,15 @@ def invert_and_reconstruct(net, cfg, x0, opts, jit=True, progress=True, batch_si
     error measured between the uint8 images in [0, 255].
     """
     from .data import to_uint8
+    from .samplers import DDIMSampler
     from .sampling import invert, sample
     from .schedule import build_schedule
     schedule = build_schedule(cfg)
     x_T = invert(net, schedule, x0, num_steps=opts["num_steps"], spacing=opts["spacing"],
                  objective=opts["objective"], batch_size=batch_size, progress=progress, jit=jit)
-    recon = sample(net, schedule, len(x0), x0.shape[1:], sampler="ddim", num_steps=opts["num_steps"],
-                   eta=0.0, spacing=opts["spacing"], objective=opts["objective"],
-                   clip_x0=opts["clip_x0"], batch_size=batch_size, x_T=x_T, progress=progress, jit=jit)
+    ddim = DDIMSampler(schedule, opts["num_steps"], eta=0.0, spacing=opts["spacing"], objective=opts["objective"],
+                       clip_x0=opts["clip_x0"])
+    recon = sample(net, ddim, len(x0), x0.shape[1:], batch_size=batch_size, x_T=x_T, progress=progress, jit=jit)
     diff = to_uint8(recon).astype(np.float64) - to_uint8(x0).astype(np.float64)
     mse = float(np.mean(diff ** 2))
     return x_T, recon, mse, psnr(mse)

@@ -32,7 +32,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .config import ConfigError
-from .samplers import COEF_NAMES, Coefs, DDIMInverter, generic_update, make_sampler
+from .samplers import COEF_NAMES, Coefs, DDIMInverter, generic_update
 
 
 class SamplingStep(nn.Cell):
@@ -178,13 +178,13 @@ def run_steps(step_fn, sampler, x, rngs=None, record=(), bar=None):
 
 # ------------------------------------------------------------------------------ entry points
 
-def sample(network, schedule, num_samples, image_shape, sampler="ddim", num_steps=50, eta=0.0,
-           spacing="leading", objective="eps", clip_x0=True, batch_size=None, seed=None,
-           progress=True, x_T=None, record=None, jit=True, on_batch=None):
-    """Draw ``num_samples`` images with a compiled per-step graph.
+def sample(network, sampler, num_samples, image_shape, batch_size=None, seed=None, progress=True,
+           x_T=None, record=None, jit=True, on_batch=None):
+    """Draw ``num_samples`` images with ``sampler``'s steps, each one compiled graph.
 
-    image_shape: (C, H, W). sampler/num_steps/eta/spacing/objective/clip_x0: as
-    ``samplers.make_sampler`` ('ddpm' always runs all T steps). x_T: optional float
+    sampler: a ``samplers.CoefSampler`` (DDPM, DDIM, naive, DPM-Solver++(2M)), e.g.
+    ``make_sampler(schedule=..., **sampling_options(cfg))`` from config / command-line strings.
+    image_shape: (C, H, W). x_T: optional float
     [num_samples, C, H, W] start (else ``initial_noise(seed, ...)``). seed: see the module
     docstring; None = fresh entropy. record: step indices to snapshot (first batch only).
     jit: compile each step with ``ms.jit`` (False: run the cell as the context mode says).
@@ -195,8 +195,7 @@ def sample(network, schedule, num_samples, image_shape, sampler="ddim", num_step
     snapshots ``(i, t, x_t, pred_x0)`` from ``run_steps``.
     """
     from tqdm import tqdm
-    plan = make_sampler(sampler, schedule, num_steps=num_steps, eta=eta, spacing=spacing,
-                        objective=objective, clip_x0=clip_x0)
+    plan = sampler
     seed = _seed(seed)
     image_shape = tuple(image_shape)
     if x_T is not None:
@@ -208,7 +207,7 @@ def sample(network, schedule, num_samples, image_shape, sampler="ddim", num_step
     batch_size = batch_size or num_samples
     n_batches = -(-num_samples // batch_size)
     bar = tqdm(total=plan.num_steps * n_batches, disable=not progress, unit="step", leave=False,
-               desc=f"{sampler} {plan.num_steps} steps")
+               desc=f"{type(plan).__name__} {plan.num_steps} steps")
     outputs, snapshots = [], []
     for start in range(0, num_samples, batch_size):
         b = min(batch_size, num_samples - start)
@@ -231,8 +230,8 @@ def invert(network, schedule, x0, num_steps=50, spacing="leading", objective="ep
 
     x0: float [N, C, H, W] in [-1, 1]. Runs the inverter's steps (ascending grid, no clipping,
     no noise) through the same compiled ``SamplingStep``. Returns float32 numpy [N, C, H, W]
-    at the level of the grid's top timestep; ``sample(..., sampler='ddim', eta=0, same
-    num_steps and spacing, x_T=result)`` maps it back to (approximately) x0.
+    at the level of the grid's top timestep; ``sample`` with ``DDIMSampler(schedule, num_steps,
+    eta=0, spacing=spacing)`` and ``x_T=result`` maps it back to (approximately) x0.
     """
     from tqdm import tqdm
     plan = DDIMInverter(schedule, num_steps=num_steps, spacing=spacing, objective=objective)
@@ -285,7 +284,8 @@ UNUSED_WHY = {
 
 
 def sampling_options(cfg, sampler=None, steps=None, eta=None, spacing=None, clip_x0=None):
-    """Keyword arguments for ``sampling.sample`` from the command line over the config.
+    """Keyword arguments for ``samplers.make_sampler`` (all but ``schedule``) from the command
+    line over the config: ``make_sampler(schedule=s, **sampling_options(cfg, ...))``.
 
     steps/eta/spacing/clip_x0 are the values given on the command line (None = not given; the
     config's value is used). Raises ConfigError with one line that names every given option
@@ -312,7 +312,7 @@ def sampling_options(cfg, sampler=None, steps=None, eta=None, spacing=None, clip
         eta = None
     clip = cfg["clip_x0"] if clip_x0 is None else clip_x0 in (True, "true")
     num_steps = T if sampler == "ddpm" else steps or cfg["sample_steps"]
-    return dict(sampler=sampler, num_steps=num_steps, eta=eta,
+    return dict(name=sampler, num_steps=num_steps, eta=eta,
                 spacing=spacing or cfg["spacing"], objective=cfg["objective"], clip_x0=clip)
 
 

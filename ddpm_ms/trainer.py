@@ -122,7 +122,8 @@ class Trainer:
             self.ema_net.update_parameters_name(ckpt.EMA_PREFIX)
         self.loss_cell = DiffusionLoss(self.net, self.schedule, objective=cfg["objective"],
                                        loss_type=cfg["loss_type"], p2_gamma=cfg["p2_gamma"],
-                                       p2_k=cfg["p2_k"])
+                                       p2_k=cfg["p2_k"], loss_weight=cfg["loss_weight"],
+                                       min_snr_gamma=cfg["min_snr_gamma"])
         self.steps_per_epoch = None
         self.total_steps = None
         self.grad_reducer_factory = grad_reducer_factory
@@ -230,10 +231,15 @@ class Trainer:
         tensors, meta = loaded or ckpt.load(path)
         ckpt.check_compatible(meta["config"], self.cfg, ARCH_KEYS)
         ckpt.load_into(ckpt.named(self.net), tensors, where=path)
-        ckpt.load_into(self._optimizer_state(), tensors, where=path)
+        imported = meta.get("kind") == "import"    # python -m ddpm_ms.convert: weights, no optimizer state
+        if imported:
+            self.log(f"{path} holds imported weights only: the optimizer state and the EMA warm-up start afresh")
+        else:
+            ckpt.load_into(self._optimizer_state(), tensors, where=path)
         if self.ema_net is not None:
             ckpt.load_into(ckpt.named(self.ema_net), tensors, prefix=ckpt.EMA_PREFIX, where=path)
-            ckpt.load_into([(self.ema.num_updates.name, self.ema.num_updates)], tensors, where=path)
+            if not imported:
+                ckpt.load_into([(self.ema.num_updates.name, self.ema.num_updates)], tensors, where=path)
         if self.loss_scaler is not None:
             if LOSS_SCALE_VALUE in tensors:
                 ckpt.load_into(self._loss_scale_state(), tensors, where=path)
@@ -272,7 +278,7 @@ class Trainer:
         """Train until max_steps / epochs / max_minutes / a signal; returns the final step."""
         from tqdm import tqdm
 
-        from .logging_utils import MetricsLog
+        from .logging_utils import MetricsLog, loss_label
         cfg = self.cfg
         resume, loaded = self.find_resume()
         epoch = 0
@@ -360,7 +366,7 @@ class Trainer:
             bar.close()
             _restore_signal_handlers(previous)
         if self.is_main:
-            metrics.plot(os.path.join(self.run_dir, "loss.png"))
+            metrics.plot(os.path.join(self.run_dir, "loss.png"), loss_label(cfg))
             self.preview("samples.png")
         why = self.stop_reason or f"reached step {self.step}"
         self.log(f"stopped: {why}; checkpoint {os.path.join(self.run_dir, 'latest.ckpt')}")
@@ -424,13 +430,12 @@ class Trainer:
     def preview(self, name):
         """A grid of EMA (or raw) samples with the configured sampler, few steps."""
         from .data import save_grid, to_uint8
-        from .sampling import sample
+        from .samplers import make_sampler
+        from .sampling import image_shape, sample, sampling_options
         cfg = self.cfg
         net = self.ema_net if self.ema_net is not None else self.net
-        images = sample(net, self.schedule, cfg["num_preview"], (cfg["channels"], cfg["image_size"],
-                        cfg["image_size"]), sampler=cfg["sampler"], num_steps=cfg["sample_steps"],
-                        eta=cfg["eta"], spacing=cfg["spacing"], objective=cfg["objective"],
-                        clip_x0=cfg["clip_x0"], seed=cfg["seed"], progress=False)
+        sampler = make_sampler(schedule=self.schedule, **sampling_options(cfg))
+        images = sample(net, sampler, cfg["num_preview"], image_shape(cfg), seed=cfg["seed"], progress=False)
         self.net.set_train(True)
         path = os.path.join(self.run_dir, name)
         save_grid(to_uint8(images), path)

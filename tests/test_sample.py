@@ -20,7 +20,7 @@ from ddpm_ms.pictures import forward_process, forward_theory
 from ddpm_ms.pictures import main as pictures_main
 from ddpm_ms.checkpoint import load_network
 from ddpm_ms.sampling import sampling_options
-from ddpm_ms.samplers import DDIMInverter, make_sampler
+from ddpm_ms.samplers import DDIMInverter, DDIMSampler, make_sampler
 from ddpm_ms.sampling import (initial_noise, invert, make_step, noise_streams,
                               run_steps, sample, slerp)
 from ddpm_ms.schedule import NoiseSchedule
@@ -85,7 +85,7 @@ def python_loop(net, plan, x_T, seed):
     rngs = noise_streams(seed, len(x_T))
     for i, t in enumerate(plan.timesteps):
         noise = None
-        if plan.coef_table[i, 7] > 0:
+        if plan.column("sigma")[i] > 0:
             noise = Tensor(np.stack([g.standard_normal(x_T.shape[1:], np.float32) for g in rngs]))
         out = net(x, Tensor(np.full(len(x_T), t, np.int32)))
         x, _ = plan.step(out, t, x, noise=noise)
@@ -138,12 +138,13 @@ def test_perfect_denoiser_inversion_round_trip():
     sched = NoiseSchedule("linear", 100)
     rng = np.random.default_rng(1)
     x0 = rng.uniform(-0.9, 0.9, (2, 1, 8, 8)).astype(np.float32)
-    kw = dict(sampler="ddim", num_steps=10, eta=0.0, clip_x0=False, progress=False)
+    ddim = DDIMSampler(sched, 10, eta=0.0, clip_x0=False)
+    kw = dict(progress=False)
     # a denoiser that knows x0 (pred_x0 = x0 at every step)
     net = PerfectEps(x0, sched)
     x_T = invert(net, sched, x0, num_steps=10, progress=False)
     assert np.abs(x_T - x0).max() > 0.1  # the inversion moved
-    np.testing.assert_allclose(sample(net, sched, 2, (1, 8, 8), x_T=x_T, **kw), x0, atol=1e-4)
+    np.testing.assert_allclose(sample(net, ddim, 2, (1, 8, 8), x_T=x_T, **kw), x0, atol=1e-4)
     # a denoiser that knows the noise: inversion must land exactly on q_sample(x0, t_top, eps),
     # and only that x_T decodes back to x0 (the result moves with x_T / sqrt(abar_top))
     eps = rng.standard_normal(x0.shape).astype(np.float32)
@@ -151,8 +152,8 @@ def test_perfect_denoiser_inversion_round_trip():
     x_T = invert(net, sched, x0, num_steps=10, progress=False)
     t_top = DDIMInverter(sched, 10).timesteps[-1]
     np.testing.assert_allclose(x_T, sched.q_sample(x0, np.full(2, t_top), eps), atol=1e-5)
-    np.testing.assert_allclose(sample(net, sched, 2, (1, 8, 8), x_T=x_T, **kw), x0, atol=1e-4)
-    off = sample(net, sched, 2, (1, 8, 8), x_T=x_T + 1e-3, **kw)
+    np.testing.assert_allclose(sample(net, ddim, 2, (1, 8, 8), x_T=x_T, **kw), x0, atol=1e-4)
+    off = sample(net, ddim, 2, (1, 8, 8), x_T=x_T + 1e-3, **kw)
     assert np.abs(off - x0).max() > 1e-2
 
 
@@ -163,18 +164,19 @@ def test_tiny_unet_outputs_shape_range_dtype_and_seeds(tiny_net):
     net, cfg = tiny_net
     sched = NoiseSchedule("linear", cfg["timesteps"])
     for name in ("ddpm", "ddim", "naive"):
-        a = sample(net, sched, 3, SHAPE, sampler=name, num_steps=4, eta=1.0, seed=5, progress=False)
+        plan = make_sampler(name, sched, num_steps=4, eta=1.0)
+        a = sample(net, plan, 3, SHAPE, seed=5, progress=False)
         assert a.shape == (3, 1, 8, 8) and a.dtype == np.float32, name
         assert np.isfinite(a).all() and a.min() >= -1.0 and a.max() <= 1.0, name
         assert a.std() > 0.01, name  # not a constant image
         u8 = to_uint8(a)
         assert u8.shape == (3, 8, 8, 1) and u8.dtype == np.uint8
         if name == "ddim":  # eta 1: noise on every step but the last
-            kw = dict(sampler=name, num_steps=4, eta=1.0, progress=False)
-            np.testing.assert_array_equal(a, sample(net, sched, 3, SHAPE, seed=5, **kw))  # same seed
-            split = sample(net, sched, 3, SHAPE, seed=5, batch_size=2, **kw)             # any batch split
+            kw = dict(progress=False)
+            np.testing.assert_array_equal(a, sample(net, plan, 3, SHAPE, seed=5, **kw))  # same seed
+            split = sample(net, plan, 3, SHAPE, seed=5, batch_size=2, **kw)             # any batch split
             np.testing.assert_allclose(split, a, atol=1e-5)
-            other = sample(net, sched, 3, SHAPE, seed=6, **kw)                           # seeds differ
+            other = sample(net, plan, 3, SHAPE, seed=6, **kw)                           # seeds differ
             assert np.abs(other - a).mean() > 0.05
 
 
@@ -182,15 +184,15 @@ def test_eta0_is_deterministic_given_x_T(tiny_net):
     net, cfg = tiny_net
     sched = NoiseSchedule("linear", cfg["timesteps"])
     x_T = initial_noise(9, 2, SHAPE)
-    kw = dict(sampler="ddim", num_steps=5, x_T=x_T, progress=False)
-    a = sample(net, sched, 2, SHAPE, eta=0.0, seed=1, **kw)
-    np.testing.assert_array_equal(a, sample(net, sched, 2, SHAPE, eta=0.0, seed=2, **kw))
+    kw = dict(x_T=x_T, progress=False)
+    eta0, eta1 = DDIMSampler(sched, 5, eta=0.0), DDIMSampler(sched, 5, eta=1.0)
+    a = sample(net, eta0, 2, SHAPE, seed=1, **kw)
+    np.testing.assert_array_equal(a, sample(net, eta0, 2, SHAPE, seed=2, **kw))
     # x_T defaults to initial_noise(seed): the interpolation ends are sample.py's first images
-    np.testing.assert_array_equal(a, sample(net, sched, 2, SHAPE, sampler="ddim", num_steps=5, eta=0.0,
-                                            seed=9, progress=False))
+    np.testing.assert_array_equal(a, sample(net, eta0, 2, SHAPE, seed=9, progress=False))
     # with eta > 0 the seed's per-step noise matters (so the check above could fail)
-    b1 = sample(net, sched, 2, SHAPE, eta=1.0, seed=1, **kw)
-    b2 = sample(net, sched, 2, SHAPE, eta=1.0, seed=2, **kw)
+    b1 = sample(net, eta1, 2, SHAPE, seed=1, **kw)
+    b2 = sample(net, eta1, 2, SHAPE, seed=2, **kw)
     assert np.abs(b1 - b2).mean() > 0.01
 
 
@@ -211,6 +213,20 @@ def run_cli(*args, script="sample.py"):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [PY, str(ROOT / script), *args] if script.endswith(".py") else [PY, "-m", script, *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def grid_cells(path, n, size, nrow, padding=2):
+    """The n size x size cells of a grid PNG read back, cut where a grid of ``nrow`` per row with
+    ``padding`` pixels around and between cells puts them; also the mask of the padding pixels."""
+    grid = np.asarray(Image.open(path))
+    pad = np.ones(grid.shape[:2], bool)
+    cells = []
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        y, x = padding + r * (size + padding), padding + k * (size + padding)
+        cells.append(grid[y:y + size, x:x + size])
+        pad[y:y + size, x:x + size] = False
+    return np.stack(cells), grid[pad]
 
 
 def files_of(folder):
@@ -299,7 +315,9 @@ def test_sample_mode_defaults_to_auto_resolved_like_train():
 def test_sampling_options_name_every_option_the_sampler_does_not_use():
     cfg = resolve(base=TINY)
     opts = sampling_options(cfg, "dpmpp2m", 10, spacing="trailing")
-    assert (opts["sampler"], opts["num_steps"], opts["eta"], opts["spacing"]) == ("dpmpp2m", 10, None, "trailing")
+    assert (opts["name"], opts["num_steps"], opts["eta"], opts["spacing"]) == ("dpmpp2m", 10, None, "trailing")
+    plan = make_sampler(schedule=NoiseSchedule("linear", 50), **opts)     # the strings become one object
+    assert type(plan).__name__ == "DPMSolverPP2MSampler" and plan.num_steps == 10 and plan.spacing == "trailing"
     assert sampling_options(cfg, "ddpm", 50)["num_steps"] == 50          # --steps T says nothing new
     assert sampling_options(cfg, "ddim", eta=0.5)["eta"] == 0.5
     with pytest.raises(ConfigError) as err:
@@ -331,9 +349,16 @@ def test_cli_dpmpp2m_samples_and_rejects_eta(tiny_ckpt, tmp_path, capsys):
     images = np.load(out / "samples.npz")["images"]
     assert images.shape == (3, 8, 8, 1) and images.dtype == np.uint8
     net, cfg, _ = load_network(str(tiny_ckpt))
-    want = sample(net, NoiseSchedule("linear", 50), 3, SHAPE, sampler="dpmpp2m", num_steps=5,
-                  spacing=cfg["spacing"], clip_x0=cfg["clip_x0"], seed=2, progress=False)
+    plan = make_sampler("dpmpp2m", NoiseSchedule("linear", 50), num_steps=5, spacing=cfg["spacing"],
+                        clip_x0=cfg["clip_x0"])
+    want = sample(net, plan, 3, SHAPE, seed=2, progress=False)
     np.testing.assert_array_equal(images, to_uint8(want))
+    # the PNGs hold the same pixels as the npz: one file per image, and the grid (2 per row)
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "images" / f"{i:05d}.png")), images[i, ..., 0])
+    cells, padding = grid_cells(out / "grid.png", 3, 8, nrow=2)
+    np.testing.assert_array_equal(cells, images[..., 0])
+    assert not padding.any() and images.std() > 1                         # black padding, varied images
 
 
 @pytest.mark.slow
@@ -344,9 +369,35 @@ def test_cli_invert_reports_error_and_writes_pair(tiny_ckpt, tmp_path):
     assert r.returncode == 0, r.stderr
     line = [s for s in r.stdout.splitlines() if s.startswith("inversion:")]
     assert line and "mse=" in line[0] and "psnr=" in line[0], r.stdout
-    assert Image.open(tmp_path / "o" / "inversion.png").size[0] > 2 * 8
     z = np.load(tmp_path / "o" / "inversion.npz")
     assert z["inputs"].shape == z["reconstructions"].shape == (1, 8, 8, 1) and z["x_T"].shape == (1, 1, 8, 8)
+    # the printed numbers are those of the saved pair, in uint8 [0, 255] space
+    printed = dict(kv.split("=") for kv in line[0].split() if kv.startswith(("mse=", "psnr=")))
+    mse = np.mean((z["reconstructions"].astype(np.float64) - z["inputs"]) ** 2)
+    assert float(printed["mse"]) == pytest.approx(mse, abs=5e-5) and mse > 0
+    assert float(printed["psnr"]) == pytest.approx(10 * np.log10(255 ** 2 / mse), abs=5e-3)
+    cells, padding = grid_cells(tmp_path / "o" / "inversion.png", 2, 8, nrow=2)   # input | reconstruction
+    np.testing.assert_array_equal(cells, [z["inputs"][0, ..., 0], z["reconstructions"][0, ..., 0]])
+    assert not padding.any()
+
+
+def test_invert_and_reconstruct_error_with_a_perfect_denoiser():
+    """The error invert_and_reconstruct reports, on reconstructions known in advance: DDIM's last
+    step returns pred_x0, which a denoiser that knows an image makes that image whatever x_T.
+    Knowing x0: mse 0, psnr inf; knowing x0 + 0.2: the mse of that shift on the uint8 images."""
+    from ddpm_ms.sample_cli import invert_and_reconstruct
+    cfg = resolve(base=dict(TINY, timesteps=100))
+    x0 = np.random.default_rng(3).uniform(-0.9, 0.9, (2, 1, 8, 8)).astype(np.float32)
+    opts = dict(num_steps=10, spacing="leading", objective="eps", clip_x0=False)
+    sched = NoiseSchedule("linear", 100)
+    _, recon, mse, db = invert_and_reconstruct(PerfectEps(x0, sched), cfg, x0, opts, jit=False, progress=False)
+    np.testing.assert_allclose(recon, x0, atol=1e-4)
+    assert mse == 0.0 and db == float("inf")
+    shifted = x0 + 0.2                     # 0.2 * 127.5 = 25.5 grey levels, rounded per pixel
+    _, recon, mse, db = invert_and_reconstruct(PerfectEps(shifted, sched), cfg, x0, opts, jit=False, progress=False)
+    np.testing.assert_allclose(recon, np.clip(shifted, -1, 1), atol=1e-4)
+    want = np.mean((to_uint8(shifted).astype(np.float64) - to_uint8(x0)) ** 2)
+    assert 25 ** 2 <= want <= 26 ** 2 and mse == pytest.approx(want) and db == pytest.approx(10 * np.log10(255 ** 2 / want))
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -396,6 +447,6 @@ def test_reverse_and_interpolate_pictures(tiny_ckpt, tiny_net, tmp_path):
                             "--steps", "4", "--out", str(tmp_path / "interp.png")])
     assert images.shape == (3, 1, 8, 8) and (tmp_path / "interp.png").stat().st_size > 0
     net, cfg = tiny_net
-    end = sample(net, NoiseSchedule("linear", 50), 1, SHAPE, sampler="ddim", num_steps=4, eta=0.0,
-                 seed=4, clip_x0=cfg["clip_x0"], progress=False)
+    end = sample(net, DDIMSampler(NoiseSchedule("linear", 50), 4, eta=0.0, clip_x0=cfg["clip_x0"]), 1, SHAPE,
+                 seed=4, progress=False)
     np.testing.assert_allclose(images[-1:], end, atol=1e-5)
