@@ -40,6 +40,7 @@ import mindspore as ms  # noqa: E402
 from ddpm_ms import checkpoint as ckpt  # noqa: E402
 from ddpm_ms.convert import ConvertError, convert, infer_unet, load_lucid_weights  # noqa: E402
 from ddpm_ms.losses import DiffusionLoss  # noqa: E402
+from ddpm_ms.samplers import make_sampler  # noqa: E402
 from ddpm_ms.sampling import image_shape, initial_noise, noise_streams, sample, sampling_options  # noqa: E402
 from ddpm_ms.schedule import NoiseSchedule  # noqa: E402
 from ddpm_ms.unet_lucid import LucidUNet  # noqa: E402
@@ -178,9 +179,9 @@ def test_whole_sampling_run_matches(monkeypatch, sampler, eta, timesteps, object
     ref = diffusion.sample(batch_size=batch).numpy() * 2 - 1          # the library returns [0, 1]
     monkeypatch.undo()
 
-    ours = sample(twin(tnet), NoiseSchedule({"sigmoid": "sigmoid_abar"}.get(schedule, schedule), timesteps),
-                  batch, shape, sampler=sampler, num_steps=50, eta=eta or 0.0, spacing="lucid",
-                  objective=objective, seed=seed, x_T=x_T, progress=False)
+    plan = make_sampler(sampler, NoiseSchedule({"sigmoid": "sigmoid_abar"}.get(schedule, schedule), timesteps),
+                        num_steps=50, eta=eta or 0.0, spacing="lucid", objective=objective)
+    ours = sample(twin(tnet), plan, batch, shape, seed=seed, x_T=x_T, progress=False)
     print(f"parity run {sampler} eta={eta} T={timesteps}: max|diff| = {np.abs(ours - ref).max():.2e}")
     assert np.abs(ref).max() > 0.1 and not np.allclose(ref, np.clip(x_T, -1, 1), atol=0.1)
     assert np.abs(ours - ref).max() <= 1e-3
@@ -224,19 +225,18 @@ def test_converter_reads_the_settings_from_the_file(converted):
 @pytest.mark.slow
 def test_converted_checkpoint_samples_like_the_library(converted, monkeypatch):
     net, cfg, meta = ckpt.load_network(str(converted["tmp"] / "lucid.ckpt"), "ema", conv_impl="native")
-    opts = sampling_options(cfg)
+    plan = make_sampler(schedule=NoiseSchedule(cfg["beta_schedule"], cfg["timesteps"]), **sampling_options(cfg))
     seed, batch = 11, 2
     x_T = initial_noise(seed, batch, image_shape(cfg))
     library_noise(monkeypatch, x_T, [])
     ref = converted["ema_model"].sample(batch_size=batch).numpy() * 2 - 1
     monkeypatch.undo()
-    ours = sample(net, NoiseSchedule(cfg["beta_schedule"], cfg["timesteps"]), batch, image_shape(cfg), seed=seed,
-                  progress=False, **opts)
-    print(f"parity converted checkpoint ({opts['sampler']} {opts['num_steps']}): max|diff| = {np.abs(ours - ref).max():.2e}")
+    ours = sample(net, plan, batch, image_shape(cfg), seed=seed, progress=False)
+    print(f"parity converted checkpoint ({type(plan).__name__} {plan.num_steps}): max|diff| = "
+          f"{np.abs(ours - ref).max():.2e}")
     assert np.abs(ours - ref).max() <= 1e-3
     raw, _, _ = ckpt.load_network(str(converted["tmp"] / "lucid.ckpt"), "raw", conv_impl="native")
-    raw_out = sample(raw, NoiseSchedule(cfg["beta_schedule"], cfg["timesteps"]), batch, image_shape(cfg),
-                     seed=seed, progress=False, **opts)
+    raw_out = sample(raw, plan, batch, image_shape(cfg), seed=seed, progress=False)
     assert np.abs(raw_out - ref).max() > 1e-2     # the EMA weights, not the raw ones, were compared
 
 
