@@ -9,9 +9,10 @@ and the per-step draws of t and noise.
   step scales the loss, unscales the gradients and skips the update (and the EMA) when they are
   not finite (dynamic loss scaling, :func:`make_loss_scaler`).
 * Timesteps and noise are drawn per step from a counter-based numpy generator keyed on
-  (seed, step) (:func:`draw_t_noise`): a resumed run, a run on another device and a
-  data-parallel run over N ranks all draw exactly the same numbers (MindSpore's in-graph random
-  ops keep a state that cannot be saved, and its generator-based random ops do not run on CPU).
+  (seed, step, micro-batch, global row) (:func:`draw_t_noise`): a resumed run, a run on another
+  device and a data-parallel run over N ranks all draw exactly the same numbers, and each rank
+  draws only its own rows (MindSpore's in-graph random ops keep a state that cannot be saved,
+  and its generator-based random ops do not run on CPU).
 
 The loop that calls these is :class:`ddpm_ms.trainer.Trainer`.
 """
@@ -236,21 +237,33 @@ def make_loss_scaler(cfg):
 
 
 def draw_t_noise(seed, step, micro, batch_shape, timesteps, rank=0, world=1):
-    """t ~ U{0..T-1} and eps ~ N(0, I) for one micro-batch, keyed on (seed, step, micro).
+    """t ~ U{0..T-1} and eps ~ N(0, I) for rank ``rank``'s rows of one global micro-batch.
 
-    The draw is made for the global batch (world * B) and rank r takes rows r::world,
-    which are the rows MindSpore's sharded reader gives that rank when not shuffling (its
-    DistributedSampler deals row i to shard i % world), so N ranks together see what one
-    process with the global batch sees. Returns Tensors int32 [B], float32 batch_shape.
+    Contract: row g of the global batch (world * B rows) gets its t and its noise from a stream
+    of its own, keyed on (seed, step, micro, g) and nothing else. Rank r holds global rows
+    r, r + world, ..., r + (B - 1) * world, which are the rows MindSpore's sharded reader gives
+    that rank when not shuffling (its DistributedSampler deals row i to shard i % world). So N
+    ranks together draw exactly what one process with the global batch draws, row for row, and a
+    rank draws only its own B rows: the cost does not grow with world.
+    Returns Tensors int32 [B], float32 batch_shape.
     """
     t, noise = draw_t_noise_np(seed, step, micro, batch_shape, timesteps, rank, world)
     return Tensor(t), Tensor(noise)
 
 
 def draw_t_noise_np(seed, step, micro, batch_shape, timesteps, rank=0, world=1):
-    """:func:`draw_t_noise` as contiguous numpy arrays (for data pipelines)."""
+    """:func:`draw_t_noise` as contiguous numpy arrays (for data pipelines).
+
+    Each row's stream is Philox with key (seed, step * 1024 + micro) started at counter
+    (0, 0, g, 0): distinct rows use disjoint counter ranges (a row would need 2**64 blocks to
+    reach the next), and Philox output at distinct counters is independent.
+    """
     b = batch_shape[0]
-    rng = np.random.Generator(np.random.Philox(key=[seed, step * 1024 + micro]))
-    t = rng.integers(0, timesteps, size=(b * world,), dtype=np.int32)[rank::world]
-    noise = rng.standard_normal((b * world, *batch_shape[1:]), dtype=np.float32)[rank::world]
-    return np.ascontiguousarray(t), np.ascontiguousarray(noise)
+    t = np.empty((b,), np.int32)
+    noise = np.empty(batch_shape, np.float32)
+    key = [seed, step * 1024 + micro]
+    for i in range(b):
+        rng = np.random.Generator(np.random.Philox(key=key, counter=[0, 0, rank + i * world, 0]))
+        t[i] = rng.integers(0, timesteps, dtype=np.int32)
+        rng.standard_normal(batch_shape[1:], dtype=np.float32, out=noise[i])
+    return t, noise

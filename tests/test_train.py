@@ -137,17 +137,41 @@ def test_ema_update_matches_formula():
     assert d2 == pytest.approx(3 / 12)
 
 
-def test_draw_t_noise_ranks_split_the_global_draw():
-    t1, n1 = draw_t_noise(7, 5, 0, (4, 1, 2, 2), 100)
-    t_full, n_full = draw_t_noise(7, 5, 0, (8, 1, 2, 2), 100, rank=0, world=1)
-    parts = [draw_t_noise(7, 5, 0, (4, 1, 2, 2), 100, rank=r, world=2) for r in range(2)]
-    np.testing.assert_array_equal(parts[0][0].asnumpy(), t_full.asnumpy()[0::2])
-    np.testing.assert_array_equal(parts[1][1].asnumpy(), n_full.asnumpy()[1::2])
-    again = draw_t_noise(7, 5, 0, (4, 1, 2, 2), 100)
-    np.testing.assert_array_equal(again[1].asnumpy(), n1.asnumpy())
-    other_step = draw_t_noise(7, 6, 0, (4, 1, 2, 2), 100)
-    assert not np.array_equal(other_step[1].asnumpy(), n1.asnumpy())
-    assert t1.asnumpy().min() >= 0 and t1.asnumpy().max() < 100
+def test_draw_t_noise_any_split_of_the_global_batch_draws_the_same_rows():
+    """Row g of the global batch gets the same t and noise whatever the number of ranks: one
+    process with 8 rows, 2 ranks with 4, 4 ranks with 2 (rank r holds rows r::world)."""
+    t_full, n_full = (a.asnumpy() for a in draw_t_noise(7, 5, 0, (8, 1, 2, 2), 100))
+    for world in (2, 4):
+        for r in range(world):
+            t, noise = draw_t_noise(7, 5, 0, (8 // world, 1, 2, 2), 100, rank=r, world=world)
+            np.testing.assert_array_equal(t.asnumpy(), t_full[r::world])
+            np.testing.assert_array_equal(noise.asnumpy(), n_full[r::world])
+    again = draw_t_noise(7, 5, 0, (8, 1, 2, 2), 100)
+    np.testing.assert_array_equal(again[1].asnumpy(), n_full)
+    for other in (draw_t_noise(7, 6, 0, (8, 1, 2, 2), 100), draw_t_noise(7, 5, 1, (8, 1, 2, 2), 100)):
+        assert not np.array_equal(other[1].asnumpy(), n_full)  # another step, another micro-batch
+    assert len(set(n_full[:, 0, 0, 0])) == 8  # rows differ from each other
+    assert t_full.min() >= 0 and t_full.max() < 100 and len(set(t_full)) > 1
+
+
+def test_draw_t_noise_cost_does_not_grow_with_world():
+    """A rank allocates (and so draws) its own B rows only: the peak memory of rank 5's draw at
+    world 64 is that of a single-process draw of B rows, not of 64 * B rows."""
+    import tracemalloc
+
+    from ddpm_ms.train_step import draw_t_noise_np
+    shape = (4, 3, 16, 16)
+    rows = 4 * 3 * 16 * 16 * 4  # bytes of one rank's noise
+
+    def peak(world, rank):
+        tracemalloc.start()
+        try:
+            draw_t_noise_np(1, 2, 0, shape, 1000, rank, world)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    alone, wide = peak(1, 0), peak(64, 5)
+    assert rows <= alone < 2 * rows and wide < 2 * rows, (alone, wide)
 
 
 def test_nan_loss_stops_without_saving(tiny_folder, tmp_path):
