@@ -15,7 +15,7 @@ import os
 
 from .data.sources import DATASETS, SPLITS
 from .errors import ConfigError  # noqa: F401 - the name every module imports from here
-from .runtime import CONV_IMPLS, DEVICE_TARGETS, MODES
+from .runtime import CONV_IMPLS, DEVICE_TARGETS, JIT_LEVELS, MODES
 from .samplers import SAMPLERS, SPACINGS
 from .schedule import BETA_SCHEDULES, LOSS_TYPES, LOSS_WEIGHTS, OBJECTIVES
 
@@ -87,6 +87,10 @@ DEFAULTS = {
     "ema_warmup": (True, bool, "EMA decay ramps up as (1 + n) / (10 + n)"),
     "amp_level": ("O0", str, "O0 (float32) | O1 (MindSpore's O1: convs and matmuls in float16, norms, softmax "
                              "and loss in float32, dynamic loss scaling)"),
+    "jit_level": ("auto", str, "auto | O0 | O1: compile level of the train step in graph mode; O0 kernel by "
+                               "kernel, O1 adds graph-kernel fusion (fewer Casts and launches). auto = O1 on "
+                               "Ascend (fusion is MindSpore's documented route there), O0 on GPU and CPU (the "
+                               "2.10 ms.jit docs call O1 experimental; CPU fusion needs AKG built with LLVM)"),
     "loss_scale": (65536.0, float, "initial dynamic loss scale (amp only)"),
     # stopping and logging
     "max_steps": (0, int, "stop after this many steps (0 = use epochs)"),
@@ -119,6 +123,7 @@ DEFAULTS = {
 CHOICES = {
     "device_target": DEVICE_TARGETS,
     "mode": MODES,
+    "jit_level": JIT_LEVELS,
     "conv_impl": CONV_IMPLS,
     "dataset": DATASETS,
     "split": SPLITS,

@@ -30,6 +30,13 @@ MODES = ("auto", "graph", "pynative")
 # graph mode (whole-graph kernels, the reason those backends exist).
 CPU_AUTO_MODE = "graph"
 CPU_AUTO_WHY = "graph measured faster than pynative for the U-Net train step on CPU (bench/bench_train.py)"
+# Compile levels of the train step's ms.jit (MindSpore 2.10 offers O0 and O1 there; O2 is
+# deprecated). auto: O1 on Ascend, where graph-kernel fusion (AKG) is MindSpore's documented way
+# to fuse the many small ops (Casts, norms, elementwise) of a mixed-precision U-Net; O0 on GPU and
+# CPU, because the 2.10 ms.jit docstring calls O1 experimental, and CPU fusion needs AKG built
+# with LLVM (a source build), which the PyPI wheel run here is not.
+JIT_LEVELS = ("auto", "O0", "O1")
+AUTO_JIT_LEVEL = {"Ascend": "O1", "GPU": "O0", "CPU": "O0"}
 # How to get a backend this machine lacks (one line each, shown in DeviceError).
 HOW_TO_GET = {
     "GPU": "GPU needs an NVIDIA GPU with CUDA 11.1 or 11.6 and the matching cuDNN (README: "
@@ -108,6 +115,15 @@ def resolve_mode(mode, target):
     if target == "CPU":
         return CPU_AUTO_MODE, f"auto: {CPU_AUTO_WHY}"
     return "graph", f"auto: graph on {target}"
+
+
+def resolve_jit_level(level, target):
+    """(O0 | O1, why) for a device target already resolved to CPU / GPU / Ascend."""
+    if level not in JIT_LEVELS:
+        raise ValueError(f"jit_level must be one of {', '.join(JIT_LEVELS)}, got {level!r}")
+    if level != "auto":
+        return level, "requested"
+    return AUTO_JIT_LEVEL[target], f"auto: {AUTO_JIT_LEVEL[target]} on {target}"
 
 
 def resolve_device_target(requested):

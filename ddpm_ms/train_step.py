@@ -122,8 +122,11 @@ def _apply_update(grads, optimizer, ema, grad_clip):
 
 
 def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None, jit=True,
-                    loss_scaler=None, loss_reducer=None, flag_reducer=None):
+                    loss_scaler=None, loss_reducer=None, flag_reducer=None, jit_level="O0"):
     """step(x0, t, noise) -> loss: gradients, reduce, clip, update, EMA, in one graph.
+
+    jit: compile with ``ms.jit(..., jit_level=jit_level)`` (O0 | O1); False returns the plain
+    function (PyNative, or for a caller that compiles it, e.g. data sink).
 
     loss_reducer: averages the loss over ranks (data parallel), for logging only.
     loss_scaler (mixed precision): a ``mindspore.amp.DynamicLossScaler``; the step then returns
@@ -143,7 +146,7 @@ def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None,
                 loss = loss_reducer(loss)
             return loss
 
-        return ms.jit(step) if jit else step
+        return ms.jit(step, jit_level=jit_level) if jit else step
 
     def scaled_loss(x0, t, noise):
         return loss_scaler.scale(loss_cell(x0, t, noise))
@@ -166,11 +169,11 @@ def make_train_step(loss_cell, optimizer, ema, grad_clip=0.0, grad_reducer=None,
             loss = ops.depend(loss, _apply_update(grads, optimizer, ema, grad_clip))
         return loss, finite
 
-    return ms.jit(amp_step) if jit else amp_step
+    return ms.jit(amp_step, jit_level=jit_level) if jit else amp_step
 
 
 def make_accum_steps(loss_cell, optimizer, ema, accum, grad_clip=0.0, grad_reducer=None, jit=True,
-                     loss_scaler=None, loss_reducer=None, flag_reducer=None):
+                     loss_scaler=None, loss_reducer=None, flag_reducer=None, jit_level="O0"):
     """Gradient accumulation: micro(x0, t, noise) -> loss adds grads; apply() updates.
 
     With ``loss_scaler`` the micro-steps add unscaled gradients and apply() returns whether
@@ -214,7 +217,9 @@ def make_accum_steps(loss_cell, optimizer, ema, accum, grad_clip=0.0, grad_reduc
 
     if loss_scaler is not None:
         apply = amp_apply
-    return (ms.jit(micro), ms.jit(apply)) if jit else (micro, apply)
+    if not jit:
+        return micro, apply
+    return ms.jit(micro, jit_level=jit_level), ms.jit(apply, jit_level=jit_level)
 
 
 def clear_overflow_status(x):

@@ -25,7 +25,7 @@ from . import checkpoint as ckpt
 from . import data
 from .config import ConfigError, public, save_config
 from .losses import DiffusionLoss
-from .runtime import resolve_mode, set_seed
+from .runtime import resolve_jit_level, resolve_mode, set_seed
 from .schedule import build_schedule
 from .train_step import (EMA, LOSS_SCALE_COUNTER, LOSS_SCALE_VALUE, build_optimizer, clear_overflow_status,
                          draw_t_noise, draw_t_noise_np, lr_schedule, make_accum_steps, make_loss_scaler,
@@ -35,6 +35,7 @@ from .unet import ARCH_KEYS, build_unet, model_summary, set_compute_dtype
 # Data parallel: steps between stop votes (an AllReduce plus a host sync), so a SIGTERM or
 # max_minutes on one rank stops every rank at the same step, at most this many steps later.
 STOP_VOTE_EVERY = 10
+SINK_SIZE_MAX = 100  # the device queue of data sink caches at most 100 batches (mindspore.data_sink)
 
 
 class TrainingError(RuntimeError):
@@ -69,6 +70,17 @@ class _AddTNoise:
         t, noise = draw_t_noise_np(self.seed, self.step, 0, x0.shape, self.timesteps, self.rank, self.world)
         self.step += 1
         return x0, t, noise
+
+
+def sink_size(cfg, start_step, total_steps, vote_every=None):
+    """Steps per ``mindspore.data_sink`` call: the largest K <= SINK_SIZE_MAX dividing every step
+    the loop acts on (log, checkpoint, preview, stop vote, the last step) and the step it starts
+    from, so that a call never straddles one of them."""
+    k = 0
+    for every in (cfg["log_every"], cfg["save_every"], cfg["sample_every"], vote_every, total_steps, start_step):
+        if every:
+            k = math.gcd(k, every)
+    return max(d for d in range(1, min(k, SINK_SIZE_MAX) + 1) if k % d == 0)
 
 
 def sink_dataset(cfg, start_step, steps_per_epoch=None, num_shards=1, shard_id=0):
@@ -130,6 +142,7 @@ class Trainer:
         self.loss_scaler = None
         self.save_hooks = list(save_hooks)
         self.sink = False
+        self.sink_size = 1  # steps per data_sink call (set when the sink starts)
         self._sink_fn = None
         self.step = 0
         self.stop_reason = None
@@ -169,6 +182,10 @@ class Trainer:
         loss_reducer = self.comm.loss_reducer() if self.comm is not None and self.world > 1 else None
         self.loss_scaler = make_loss_scaler(cfg) if self.amp else None
         jit = resolve_mode(cfg["mode"], ms.get_context("device_target"))[0] == "graph"
+        self.jit = jit
+        self.jit_level, why = resolve_jit_level(cfg["jit_level"], ms.get_context("device_target"))
+        if jit:
+            self.log(f"train step compiled with jit_level {self.jit_level} ({why})")
         flag_reducer, self._clear_status = None, None
         if self.amp:  # how this device detects overflow (ddpm_ms/ascend.py)
             from .ascend import chip, overflow_check
@@ -184,12 +201,13 @@ class Trainer:
         if cfg["grad_accum"] > 1:
             self.micro_step, self.apply_step = make_accum_steps(
                 self.loss_cell, self.optimizer, self.ema, cfg["grad_accum"], cfg["grad_clip"], reducer, jit,
-                loss_scaler=self.loss_scaler, loss_reducer=loss_reducer, flag_reducer=flag_reducer)
+                loss_scaler=self.loss_scaler, loss_reducer=loss_reducer, flag_reducer=flag_reducer,
+                jit_level=self.jit_level)
         else:
             self.train_step = make_train_step(self.loss_cell, self.optimizer, self.ema,
-                                              cfg["grad_clip"], reducer, jit,
+                                              cfg["grad_clip"], reducer, jit and not self.sink,
                                               loss_scaler=self.loss_scaler, loss_reducer=loss_reducer,
-                                              flag_reducer=flag_reducer)
+                                              flag_reducer=flag_reducer, jit_level=self.jit_level)
 
     def state_tensors(self):
         """(name, tensor) pairs of everything a resume needs."""
@@ -306,7 +324,9 @@ class Trainer:
         multi = self.comm is not None and self.world > 1
         stopping = False  # the stop every rank agreed on (one process: its own stop_reason)
         try:
-            while self.step < self.total_steps and not stopping and (multi or self.stop_reason is None):
+            # (a data-sink call runs sink_size steps: a stop waits for the end of the call's group)
+            while self.step < self.total_steps and not stopping and (
+                    multi or self.stop_reason is None or self.step % self.sink_size):
                 epoch = self.step // self.steps_per_epoch
                 skip = (self.step % self.steps_per_epoch) * cfg["grad_accum"]
                 for micro_batches in _groups(self.epoch_batches(epoch, skip), cfg["grad_accum"]):
@@ -324,7 +344,7 @@ class Trainer:
                     if self.stop_reason is None and cfg["max_minutes"] and (time.time() - start) / 60 >= cfg["max_minutes"]:
                         self.stop_reason = f"max_minutes={cfg['max_minutes']} reached"
                     if not multi:
-                        stopping = self.stop_reason is not None
+                        stopping = self.stop_reason is not None and self.step % self.sink_size == 0
                     elif self.step % self.stop_vote_every == 0 and not at_end:  # same step on every rank
                         stopping = self.comm.any_true(self.stop_reason is not None)
                         if stopping and self.stop_reason is None:
@@ -394,11 +414,25 @@ class Trainer:
 
     def _sink_step(self):
         """Data sink (Ascend/GPU only, written from the MindSpore docs; not run on CPU): the
-        dataset (x0, t, noise) is fed to the device queue and the same train step reads it."""
+        dataset (x0, t, noise) is fed to the device queue and the same train step reads it.
+
+        One ``data_sink`` call runs :func:`sink_size` steps and returns the last step's output;
+        ``jit_config`` compiles the queue read and the train step as one graph with the run's
+        jit_level (without it data_sink runs them in PyNative). The loop still counts single steps: the call is made on the
+        first step of each group and the group's other steps report its output, so the loss
+        and overflow counts logged with data sink are those of each group's last step."""
         if self._sink_fn is None:
+            multi = self.comm is not None and self.world > 1
+            self.sink_size = sink_size(self.cfg, self.step, self.total_steps,
+                                       self.stop_vote_every if multi else None)
             dataset = sink_dataset(self.cfg, self.step, self.batches_per_epoch, self.world, self.rank)
-            self._sink_fn = ms.data_sink(self.train_step, dataset, sink_size=1)
-        return self._sink_fn()
+            jit_config = ms.JitConfig(jit_level=self.jit_level) if self.jit else None
+            self._sink_fn = ms.data_sink(self.train_step, dataset, sink_size=self.sink_size,
+                                         jit_config=jit_config)
+            self.log(f"data sink: {self.sink_size} steps per call")
+        if self.step % self.sink_size == 0:
+            self._sink_out = self._sink_fn()
+        return self._sink_out
 
     def _check_finite(self):
         for p in self.net.trainable_params()[:1] + self.net.trainable_params()[-1:]:

@@ -1,4 +1,5 @@
 """Training: exact resume, atomic checkpoints, incompatible checkpoints, EMA, lr schedule, NaN stop."""
+import json
 import os
 
 import numpy as np
@@ -194,3 +195,79 @@ def test_nan_loss_stops_without_saving(tiny_folder, tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "lr 0.001 too high (try --lr 0.00025)" in msg, msg
     assert "grad_clip" not in msg and "warmup" not in msg, msg
+
+
+def _fake_sink(monkeypatch, stop_on_call=None):
+    """Data sink on CPU with ms.data_sink mocked: records its arguments and counts the calls
+    (each stands for sink_size device steps); call number ``stop_on_call`` sends a stop."""
+    from ddpm_ms import trainer as trainer_mod
+    seen = {"calls": 0}
+
+    def fake_data_sink(fn, dataset, sink_size=1, jit_config=None, input_signature=None):
+        seen.update(fn=fn, dataset=dataset, sink_size=sink_size, jit_config=jit_config)
+
+        def run():
+            seen["calls"] += 1
+            if seen["calls"] == stop_on_call:
+                seen["trainer"].stop_reason = "test stop"
+            return ms.Tensor(0.5, ms.float32)
+        return run
+    monkeypatch.setattr(trainer_mod, "use_data_sink", lambda cfg, device: True)
+    monkeypatch.setattr(trainer_mod, "sink_dataset", lambda *args: ("sink dataset",) + args[1:])
+    monkeypatch.setattr(ms, "data_sink", fake_data_sink)
+    return seen
+
+
+@pytest.mark.parametrize("stop_on_call, last_step", [(None, 16), (2, 8)])
+def test_sink_step_runs_groups_of_sink_size_steps(tiny_folder, tmp_path, monkeypatch, stop_on_call, last_step):
+    """log 4, save 8, 16 steps: 4 steps per data_sink call (compiled with the run's jit_level),
+    the loop counts 16 steps in 4 calls, logs and saves on its usual steps; a stop sent during
+    the call for steps 4-7 takes effect at step 8, after the group, not at step 5."""
+    seen = _fake_sink(monkeypatch, stop_on_call)
+    cfg = tiny_cfg(tiny_folder, tmp_path, max_steps=16, log_every=4, save_every=8, sample_every=0,
+                   keep_checkpoints=5)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    seen["trainer"] = trainer
+    trainer.setup()
+    assert trainer.run() == last_step
+    assert seen["sink_size"] == 4 and seen["calls"] == last_step // 4
+    assert seen["fn"] is trainer.train_step and seen["dataset"] == ("sink dataset", 0, 6, 1, 0)
+    assert seen["jit_config"].jit_config_dict["jit_level"] == trainer.jit_level == "O0"
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert steps == [4, 8, 12, 16][:last_step // 4]
+    saved = sorted(f for f in os.listdir(tmp_path / "run") if f.startswith("step_"))
+    assert saved == [f"step_{s:08d}.ckpt" for s in (8, 16) if s <= last_step]
+
+
+def test_sink_size_divides_every_step_the_loop_acts_on():
+    from ddpm_ms.trainer import sink_size
+    cfg = {"log_every": 50, "save_every": 1000, "sample_every": 0}
+    assert sink_size(cfg, 0, 20000) == 50
+    assert sink_size(cfg, 0, 20000, vote_every=10) == 10
+    assert sink_size(cfg, 1234, 20000) == 2           # resumed at step 1234
+    assert sink_size(dict(cfg, sample_every=500), 0, 20025) == 25
+    assert sink_size({"log_every": 1000, "save_every": 1000, "sample_every": 0}, 0, 10000) == 100  # capped
+
+
+def test_jit_level_reaches_the_train_step_jit(tiny_folder, tmp_path, monkeypatch):
+    """jit_level O1 from the config is what ms.jit compiles the train step (and the accumulation
+    steps) with; auto resolves per device (O1 on Ascend, O0 elsewhere); O2 is refused in one line."""
+    from ddpm_ms import train_step
+    from ddpm_ms.config import ConfigError
+    from ddpm_ms.runtime import resolve_jit_level
+    levels = []
+    real_jit = ms.jit
+
+    def spying_jit(fn, **kwargs):
+        levels.append(kwargs.get("jit_level"))
+        return real_jit(fn, **kwargs)
+    monkeypatch.setattr(train_step.ms, "jit", spying_jit)
+    for accum, compiled in ((1, 1), (2, 2)):
+        levels.clear()
+        Trainer(tiny_cfg(tiny_folder, tmp_path, jit_level="O1", grad_accum=accum), log=lambda *_: None).setup()
+        assert levels == ["O1"] * compiled
+    assert [resolve_jit_level("auto", d)[0] for d in ("Ascend", "GPU", "CPU")] == ["O1", "O0", "O0"]
+    assert resolve_jit_level("O0", "Ascend") == ("O0", "requested")
+    with pytest.raises(ConfigError, match="jit_level"):
+        tiny_cfg(tiny_folder, tmp_path, jit_level="O2")
