@@ -22,6 +22,8 @@ the case's conv_impl; T = 1 cases run under ``taskset -c 0`` unless --no_pin):
     matmul_o1_bB_tT       matmul with jit_level O1 (graph-kernel fusion)
     resnet_bB_tT          the same U-Net with ResNet blocks (4 groups), matmul convs
     resnet_native_bB_tT   the ResNet-block U-Net with native convs
+    lucid_bB_tT           the peer's own network (unet_family lucid) and loss (eps, linear, MSE),
+                          matmul convs; lucid_native_bB_tT with native convs: no FLOP normalisation
     peer_bB_tT            lucidrains' Unet(dim 28, mults 1,2,4, channels 1) in its GaussianDiffusion,
                           Adam + clipping + EMA, torch eager, T threads (bench/peer_torch.py, run
                           by --peer_python, default /work/venv-bench/bin/python)
@@ -196,6 +198,7 @@ def worker_flops(spec):
 def worker_sample(spec):
     """DDIM-50 images/s with ddpm_ms.sampling.sample (one compiled graph per step)."""
     ms = _setup_mindspore(dict(spec, mode="graph"))
+    from ddpm_ms.samplers import DDIMSampler
     from ddpm_ms.sampling import sample
     from ddpm_ms.schedule import NoiseSchedule
     from ddpm_ms.unet import build_unet
@@ -203,10 +206,10 @@ def worker_sample(spec):
     sched = NoiseSchedule("linear", 1000)
     n, steps = spec["batch"], spec.get("sample_steps", 50)
     t0 = time.perf_counter()
-    sample(net, sched, n, (1, 28, 28), sampler="ddim", num_steps=2, seed=0, progress=False)  # compile
+    sample(net, DDIMSampler(sched, 2), n, (1, 28, 28), seed=0, progress=False)  # compile
     warm = time.perf_counter() - t0
     t0, c0 = time.perf_counter(), time.process_time()
-    sample(net, sched, n, (1, 28, 28), sampler="ddim", num_steps=steps, seed=0, progress=False)
+    sample(net, DDIMSampler(sched, steps), n, (1, 28, 28), seed=0, progress=False)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"img_s": n / dt, "step_s": dt / steps, "img_cpu_s": n / cpu, "first_s": warm, "rss_mb": _rss_mb()}
 
@@ -322,12 +325,20 @@ def run_case(spec, timeout, peer_python=PEER_PYTHON, pin=True):
 
 # The CPU-fast candidate of issue 15: ResNet blocks (no depthwise conv), 4 GroupNorm groups.
 RESNET_ARCH = {"use_convnext": False, "resnet_block_groups": 4}
+# denoising-diffusion-pytorch's Unet(dim 28, mults 1,2,4, channels 1) in ddpm_ms (unet_lucid.py) and
+# what the peer's GaussianDiffusion trains: eps, linear betas, unweighted MSE, Adam 1e-3, clip 1
+LUCID_ARCH = {"unet_family": "lucid"}
+LUCID_PEER_CFG = {"objective": "eps", "beta_schedule": "linear", "loss_type": "l2", "loss_weight": "none",
+                  "lr": 1e-3, "grad_clip": 1.0}
 VARIANTS = {   # name -> (conv_impl, arch overrides, extra spec)
     "native": ("native", {}, {}),            # MindSpore's conv kernels, oneDNN capped at AVX2
     "matmul": ("matmul", {}, {}),            # ddpm_ms.convs, oneDNN uncapped
     "matmul_o1": ("matmul", {}, {"jit_level": "O1"}),
     "resnet": ("matmul", RESNET_ARCH, {}),   # ResNet-block U-Net, matmul convs
     "resnet_native": ("native", RESNET_ARCH, {}),
+    # the peer's own network and loss (issue 16): same speed comparison without FLOP normalisation
+    "lucid": ("matmul", LUCID_ARCH, {"cfg": LUCID_PEER_CFG}),
+    "lucid_native": ("native", LUCID_ARCH, {"cfg": LUCID_PEER_CFG}),
 }
 
 
@@ -386,7 +397,7 @@ def versions():
 
 def _fwd_flops(results, name):
     """Forward GFLOP per image of the network a case ran."""
-    if name.startswith("peer"):
+    if name.startswith("peer") or "lucid" in name:   # the lucid variants run the peer's network
         return results.get("peer_flops", {}).get("fwd_gflop_per_image")
     key = "flops_resnet" if "resnet" in name else "flops"
     return results.get(key, {}).get("fwd_gflop_per_image")
@@ -443,7 +454,9 @@ def report(results, args):
                 if native and v != "native":
                     parts.append(f"{mine / native:.2f}x native")
                 fo, fp = _fwd_flops(results, v), _fwd_flops(results, "peer")
-                if peer and fo and fp:
+                if peer and v.startswith("lucid"):
+                    parts.append(f"{mine / peer:.2f}x the peer's images/s on the identical network")
+                elif peer and fo and fp:
                     parts.append(f"{mine / peer:.2f}x the peer's images/s, {mine * fo / (peer * fp):.2f}x at equal FLOPs")
                 mine_c, peer_c = img_cpu_s(f"{v}_{sfx}"), img_cpu_s(f"peer_{sfx}")
                 if mine_c and peer_c and fo and fp:
