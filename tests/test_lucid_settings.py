@@ -74,3 +74,14 @@ def test_lucid_unet_under_mixed_precision():
     assert seen["RMSNorm"] == {ms.float16}          # computed in float32, handed on in the conv's dtype
     err = np.abs(out.asnumpy() - ref).max() / np.abs(ref).max()
     assert 0 < err < 2e-2, err                       # float16 did run, and stayed close
+
+
+def test_checkpoints_older_than_unet_family_still_resume():
+    """A config saved before unet_family / sinusoidal_theta existed counts as their defaults."""
+    from ddpm_ms import checkpoint as ckpt
+    from ddpm_ms.unet import ARCH_KEYS, UNET_KEYS
+    cfg = resolve(base=dict(dim=8))
+    saved = {k: cfg[k] for k in UNET_KEYS}
+    ckpt.check_compatible(saved, cfg, ARCH_KEYS)
+    with pytest.raises(ckpt.CheckpointError, match=r"unet_family: checkpoint 'tutorial' vs config 'lucid'"):
+        ckpt.check_compatible(saved, resolve(base=dict(dim=8, unet_family="lucid")), ARCH_KEYS)

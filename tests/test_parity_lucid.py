@@ -318,3 +318,24 @@ def test_command_line_errors_are_one_line(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     lines = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
     assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+
+
+@pytest.mark.slow
+def test_training_continues_from_a_converted_checkpoint(tmp_path, tiny_folder):
+    """README's 'continue training': train.py --config lucid.yaml --resume lucid.ckpt goes on from the
+    library's step with the imported weights (the optimizer starts afresh)."""
+    tnet = torch_unet(8, (1, 2), 3, heads=2, head_dim=8)
+    diffusion = lucid.GaussianDiffusion(tnet, image_size=8, timesteps=100)
+    trainer_checkpoint(tmp_path / "model-1.pt", diffusion, step=7)
+    convert(str(tmp_path / "model-1.pt"), str(tmp_path / "lucid.ckpt"), {"image_size": 8})
+    run = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(tmp_path / "lucid.yaml"),
+                          "--resume", str(tmp_path / "lucid.ckpt"), "--dataset", "image_folder",
+                          "--data_dir", str(tiny_folder), "--cache_dir", str(tmp_path / "cache"),
+                          "--output_dir", str(tmp_path / "runs"), "--max_steps", "9", "--batch_size", "4",
+                          "--sampler", "ddim", "--sample_steps", "2", "--num_preview", "2", "--device_target", "CPU"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout + run.stderr
+    assert "resumed from" in out and "at step 7" in out and "imported weights only" in out
+    tensors, meta = ckpt.load(str(tmp_path / "runs" / "lucid" / "latest.ckpt"))
+    assert meta["step"] == 9 and meta["config"]["unet_family"] == "lucid"
