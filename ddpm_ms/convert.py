@@ -4,7 +4,8 @@
     python sample.py --ckpt lucid.ckpt --num_samples 64
 
 Reads a checkpoint that the library's ``Trainer.save`` wrote (``model-N.pt``: ``model``, ``ema``,
-``step``, ...) with ``torch.load(weights_only=True)`` and writes a ddpm_ms checkpoint (see
+``step``, ...; a plain ``state_dict()`` of a GaussianDiffusion or a Unet works too, raw weights
+only) with ``torch.load(weights_only=True)`` and writes a ddpm_ms checkpoint (see
 ``checkpoint.py``) holding both weight sets (``model`` as the raw weights, ``ema`` as the EMA
 weights), the step and a config, plus the same config as YAML beside it (``lucid.yaml``).
 The network is ``unet_family: lucid`` (``unet_lucid.py``), whose parameter names are the
@@ -76,7 +77,11 @@ def _to_numpy(obj):
 
 
 def split_trainer_checkpoint(data, path):
-    """(unet_raw, unet_ema or None, diffusion buffers, step) from a Trainer checkpoint dict."""
+    """(unet_raw, unet_ema or None, diffusion buffers, step) from a Trainer checkpoint dict, or from
+    a plain ``state_dict()`` of a GaussianDiffusion ('model.*' keys and buffers) or of a Unet."""
+    if "model" not in data and data and all(isinstance(v, np.ndarray) for v in data.values()):
+        data = {"model": data if any(k.startswith(UNET_PREFIX) for k in data)
+                else {UNET_PREFIX + k: v for k, v in data.items()}}
     if "model" not in data or not isinstance(data["model"], dict):
         keys = ", ".join(sorted(map(str, data))[:6])
         raise ConvertError(f"{path} has no 'model' entry (it holds {keys}): not a denoising-diffusion-pytorch "
@@ -211,7 +216,7 @@ def convert(pt_path, out_path, overrides=None, yaml_values=None):
     from_file = {**arch, **infer_diffusion(buffers)}
     overrides, yaml_values = dict(overrides or {}), dict(yaml_values or {})
     library = {"lr": 1e-4, "adam_beta2": 0.99, "lr_schedule": "constant", "ema_decay": 0.995,
-               "grad_clip": 1.0, "loss_type": "l2", "clip_x0": True, "spacing": "lucid", "sampler": "ddpm",
+               "grad_clip": 1.0, "loss_type": "l2", "loss_weight": "none", "clip_x0": True, "spacing": "lucid", "sampler": "ddpm",
                "random_flip": True, "channels": from_file["channels"]}
     library["dataset"] = "image_folder" if from_file["channels"] == 3 else "fashion_mnist"
     if "timesteps" in from_file:

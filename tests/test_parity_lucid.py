@@ -339,3 +339,18 @@ def test_training_continues_from_a_converted_checkpoint(tmp_path, tiny_folder):
     assert "resumed from" in out and "at step 7" in out and "imported weights only" in out
     tensors, meta = ckpt.load(str(tmp_path / "runs" / "lucid" / "latest.ckpt"))
     assert meta["step"] == 9 and meta["config"]["unet_family"] == "lucid"
+
+
+def test_plain_state_dicts_convert_too(tmp_path, converted):
+    """torch.save(diffusion.state_dict()) keeps its buffers; torch.save(unet.state_dict()) needs the
+    diffusion settings as flags (and says which)."""
+    diffusion = converted["diffusion"]
+    torch.save(diffusion.state_dict(), tmp_path / "diffusion.pt")
+    cfg, step, has_ema = convert(str(tmp_path / "diffusion.pt"), str(tmp_path / "d.ckpt"), {"image_size": 16})
+    assert (cfg["objective"], cfg["timesteps"], step, has_ema) == ("x0", 100, 0, False)
+    torch.save(diffusion.model.state_dict(), tmp_path / "unet.pt")
+    with pytest.raises(ConvertError, match=r"does not say its objective: pass --objective"):
+        convert(str(tmp_path / "unet.pt"), str(tmp_path / "u.ckpt"), {"image_size": 16})
+    cfg, _, _ = convert(str(tmp_path / "unet.pt"), str(tmp_path / "u.ckpt"),
+                        {"image_size": 16, "objective": "v", "timesteps": 100, "beta_schedule": "cosine"})
+    assert (cfg["dim"], cfg["dim_mults"], cfg["objective"], cfg["loss_weight"]) == (8, [1, 2, 4], "v", "none")
