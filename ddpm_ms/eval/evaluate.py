@@ -14,8 +14,8 @@ noise. Read it together with ``coverage`` (Naeem et al. 2020), which stays ~0 th
 
 Fashion-MNIST features come from our own classifier (``ddpm_ms.eval.feature_net``), so its FID is
 NOT comparable with Inception-based FIDs in papers, only between runs reporting the same
-``feature_net.sha256``. When the classifier cache is missing it is trained first (a few
-minutes on CPU, once).
+``feature_net.sha256``. Its weights ship with the code and are checked against the SHA-256 in
+``feature_net.SHIPPED_SHA256``, so every machine computes the same FID.
 
 RGB data (``--ref cifar10``: the official binary batches; ``--ref image_folder``: the images
 under ``--data_dir``; or RGB ``.npz`` sets) is scored on InceptionV3 pool3 features, the
@@ -125,23 +125,12 @@ def load_reference(args, rng, size=32):
 
 
 def _classifier(args):
-    """(net, sha256, meta) of the Fashion-MNIST classifier, training it when absent."""
-    from .feature_net import (NET_NAME, FeatureNetError, default_classifier_path, load_feature_net,
-                              read_meta, train_classifier)
-    path = args.classifier or default_classifier_path()
-    data_dir = args.data_dir or "data/fashion-mnist"
+    """(net, info) of the Fashion-MNIST classifier: ``args.classifier``, else the shipped one."""
+    from .feature_net import FeatureNetError, load_classifier
     try:
-        if not os.path.isfile(path):
-            _log(f"classifier {path} not found: training it on Fashion-MNIST from {data_dir} "
-                 f"(a few minutes, once)")
-            train_classifier(data_dir, path, epochs=2, seed=0, log=_log)
-        net, sha = load_feature_net(path)
-        meta = read_meta(path)
+        return load_classifier(args.classifier)
     except FeatureNetError as e:
         raise EvalError(str(e)) from None
-    info = {"name": NET_NAME, "path": os.path.abspath(path), "sha256": sha,
-            "test_accuracy": meta.get("test_accuracy")}
-    return net, info
 
 
 def evaluate_images(fake_feats, real_feats, kid_subsets=100, kid_subset_size=1000, k=3, seed=0):
@@ -157,8 +146,8 @@ def evaluate_images(fake_feats, real_feats, kid_subsets=100, kid_subset_size=100
 def build_arg_parser():
     p = argparse.ArgumentParser(
         description="FID / KID / precision / recall of samples against a reference; prints JSON. "
-                    "Fashion-MNIST uses our own classifier's 128-d features (ddpm_ms.eval.feature_net); if its "
-                    "cache is missing it is trained first (a few CPU minutes, once). RGB data "
+                    "Fashion-MNIST uses our own classifier's 128-d features (ddpm_ms.eval.feature_net; the "
+                    "weights ship with the code, checked by SHA-256). RGB data "
                     "(cifar10, image_folder, RGB npz) uses InceptionV3 pool3 features from --inception_ckpt "
                     "(converted once with python -m ddpm_ms.eval.inception convert).",
         allow_abbrev=False)
@@ -172,8 +161,8 @@ def build_arg_parser():
     p.add_argument("--num_ref", type=int, default=0,
                    help="random subset of the reference of this size (0 = all)")
     p.add_argument("--classifier", default=None,
-                   help="feature classifier checkpoint (default: $DDPM_MS_CACHE or ~/.cache/ddpm_ms/"
-                        "fmnist_classifier.ckpt; trained when missing)")
+                   help="feature classifier checkpoint with its .json (default: the shipped weights, "
+                        "ddpm_ms/eval/fmnist_cnn_v2.ckpt; other weights give FIDs that compare only with each other)")
     p.add_argument("--inception_ckpt", default=None,
                    help="FID InceptionV3 weights (python -m ddpm_ms.eval.inception convert); required for RGB data")
     p.add_argument("--batch_size", type=int, default=50, help="images per InceptionV3 forward pass")

@@ -1,22 +1,24 @@
 """A small Fashion-MNIST classifier whose penultimate layer is the feature space for FID.
 
 InceptionV3 (the usual FID network) was trained on ImageNet photos and is a poor judge of
-28x28 grayscale clothes, so for Fashion-MNIST we train our own CNN once and cache it:
+28x28 grayscale clothes, so for Fashion-MNIST we use our own CNN:
 
-    conv3x3(32)-BN-ReLU-maxpool2 -> conv3x3(64)-BN-ReLU-maxpool2 -> conv3x3(128)-BN-ReLU
-    -> flatten (128*7*7) -> dense 128-ReLU  [features, 128-d] -> dense 10 [logits]
+    conv3x3(32)-BN-ReLU-maxpool2 -> conv3x3(64)-BN-ReLU-maxpool2 -> conv3x3(128)-BN-ReLU-maxpool2
+    -> flatten (128*3*3) -> dense 128-ReLU  [features, 128-d] -> dense 10 [logits]
 
-Input: float32 (B, 1, 28, 28) in [-1, 1] (the diffusion model's range). The pools sit before
-the wide convs so one epoch costs a few minutes on two CPU cores.
+Input: float32 (B, 1, 28, 28) in [-1, 1] (the diffusion model's range).
 
-Train and cache (default ``$DDPM_MS_CACHE/fmnist_classifier.ckpt``, else
-``~/.cache/ddpm_ms/fmnist_classifier.ckpt``)::
+Its weights ship with the code (``SHIPPED_PATH``, under 1 MB) and are checked against
+``SHIPPED_SHA256`` before use, so every machine scores with the same network. They are not
+retrained locally because training is not reproducible across machines: with the same seed,
+another oneDNN instruction set (AVX2 / AVX-512 / SSE4.1) or another number of usable cores
+gives other weights (README, "Pictures and evaluation").
 
-    python -m ddpm_ms.eval.feature_net --data_dir data/fashion-mnist [--out PATH] [--epochs 2]
-
-Beside the checkpoint, ``<ckpt>.json`` records the test accuracy, epochs, seed and the
-checkpoint's SHA-256; ``load_feature_net`` refuses a checkpoint that does not match it.
-FID values are only comparable between runs that report the same ``sha256``.
+``python -m ddpm_ms.eval.feature_net --data_dir data/fashion-mnist --out PATH`` trains a
+classifier the same way (the shipped one: 2 epochs, seed 0). Beside it, ``<PATH>.json``
+records the test accuracy, epochs, seed and the checkpoint's SHA-256, and ``load_feature_net``
+refuses a checkpoint that does not match it. FID values are only comparable between runs that
+report the same ``sha256``.
 """
 import argparse
 import hashlib
@@ -40,10 +42,16 @@ from mindspore import nn  # noqa: E402
 __all__ = ["FeatureNetError", "FashionCNN", "NET_NAME", "FEATURE_DIM", 
            "load_fashion_mnist", "images_to_input", "extract_features", "predict", "accuracy",
            "train_classifier", "save_feature_net", "load_feature_net", "read_meta",
-           "default_classifier_path", "sha256_file"]
+           "load_classifier", "SHIPPED_PATH", "SHIPPED_SHA256", "SHIPPED_META", "sha256_file"]
 
-NET_NAME = "fmnist_cnn_v1"   # bump when the architecture or input convention changes
+NET_NAME = "fmnist_cnn_v2"   # bump when the architecture or input convention changes
 FEATURE_DIM = 128
+# The weights every FID of this project is computed with (shipped in the package, 970,597 bytes).
+SHIPPED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fmnist_cnn_v2.ckpt")
+SHIPPED_SHA256 = "f3c0ade525687834a8db795af0512227bf71d537e48dac4876aac50dbd33df85"
+SHIPPED_META = {"test_accuracy": 0.9158, "epochs": 2, "seed": 0, "batch_size": 128, "lr": 2e-3,
+                "train_images": 60000, "mindspore": "2.10.0",
+                "trained_on": "2-core AMD EPYC, CPU, oneDNN ISA AVX2, 2 kernel threads"}
 
 
 class FeatureNetError(Exception):
@@ -63,8 +71,8 @@ class FashionCNN(nn.Cell):
         self.body = nn.SequentialCell([
             _conv(1, 32), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2, 2),     # 14x14
             _conv(32, 64), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2, 2),    # 7x7
-            _conv(64, 128), nn.BatchNorm2d(128), nn.ReLU(),
-            nn.Flatten(), nn.Dense(128 * 7 * 7, FEATURE_DIM), nn.ReLU(),
+            _conv(64, 128), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2, 2),  # 3x3: keeps the file < 1 MB
+            nn.Flatten(), nn.Dense(128 * 3 * 3, FEATURE_DIM), nn.ReLU(),
         ])
         self.head = nn.Dense(FEATURE_DIM, num_classes)
 
@@ -129,12 +137,6 @@ def accuracy(net, images, labels, batch_size=500):
 
 # --------------------------------------------------------------------------- checkpoint
 
-def default_classifier_path():
-    """``$DDPM_MS_CACHE/fmnist_classifier.ckpt``, else ``~/.cache/ddpm_ms/fmnist_classifier.ckpt``."""
-    root = os.environ.get("DDPM_MS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ddpm_ms")
-    return os.path.join(root, "fmnist_classifier.ckpt")
-
-
 def sha256_file(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -181,18 +183,36 @@ def read_meta(path):
         raise FeatureNetError(f"cannot read {meta_path}: {e}") from None
 
 
-def load_feature_net(path):
-    """Rebuild the classifier from ``path`` after checking its SHA-256 and name against
-    ``<path>.json``. Returns (net in eval mode, sha256 hex string)."""
-    path = os.path.expanduser(str(path))
+def _checked_meta(path):
+    """Metadata of checkpoint ``path`` after checking the file's SHA-256: against
+    ``SHIPPED_SHA256`` for the shipped weights, else against ``<path>.json``."""
+    if os.path.abspath(path) == os.path.abspath(SHIPPED_PATH):
+        if not os.path.isfile(path):
+            raise FeatureNetError(f"the shipped classifier {path} is missing: reinstall ddpm_ms "
+                                  f"(or restore the file from the repository)")
+        digest = sha256_file(path)
+        if digest != SHIPPED_SHA256:
+            raise FeatureNetError(f"the shipped classifier {path} is damaged or was replaced: sha256 "
+                                  f"{digest[:12]}..., this code expects {SHIPPED_SHA256[:12]}...; restore "
+                                  f"the file from the repository")
+        return dict(SHIPPED_META, name=NET_NAME, feature_dim=FEATURE_DIM, sha256=digest)
     if not os.path.isfile(path):
-        raise FeatureNetError(f"classifier checkpoint not found: {path} "
-                              f"(train it: python -m ddpm_ms.eval.feature_net --out {path})")
+        raise FeatureNetError(f"classifier checkpoint not found: {path} (leave --classifier out to use the "
+                              f"shipped one, or train one: python -m ddpm_ms.eval.feature_net --out {path})")
     meta = read_meta(path)
     digest = sha256_file(path)
     if meta.get("sha256") != digest:
         raise FeatureNetError(f"{path} does not match {_meta_path(path)} (sha256 {digest[:12]}... vs "
                               f"{str(meta.get('sha256'))[:12]}...); retrain with python -m ddpm_ms.eval.feature_net")
+    return meta
+
+
+def load_classifier(path=None):
+    """The classifier at ``path`` (None: the shipped weights) after checking its SHA-256 (see
+    ``_checked_meta``) and name. Returns (net in eval mode, info): info names it for results
+    and logs (name, path, sha256, test_accuracy, shipped)."""
+    path = SHIPPED_PATH if path is None else os.path.expanduser(str(path))
+    meta = _checked_meta(path)
     if meta.get("name") != NET_NAME:
         raise FeatureNetError(f"{path} holds {meta.get('name')!r}, this code needs {NET_NAME!r}; retrain it")
     net = FashionCNN()
@@ -204,7 +224,14 @@ def load_feature_net(path):
     if not_loaded:
         raise FeatureNetError(f"{path} lacks parameters {not_loaded[:3]}...; retrain it")
     net.set_train(False)
-    return net, digest
+    return net, {"name": NET_NAME, "path": os.path.abspath(path), "sha256": meta["sha256"],
+                 "test_accuracy": meta.get("test_accuracy"), "shipped": meta["sha256"] == SHIPPED_SHA256}
+
+
+def load_feature_net(path=None):
+    """``load_classifier`` returning (net, sha256 hex string)."""
+    net, info = load_classifier(path)
+    return net, info["sha256"]
 
 
 # --------------------------------------------------------------------------- training
@@ -265,12 +292,14 @@ def train_classifier(data_dir, out_path, epochs=2, seed=0, batch_size=128, lr=2e
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Train the Fashion-MNIST feature classifier used for FID/KID "
-                                            "and cache it with a JSON of its test accuracy and SHA-256.",
+    p = argparse.ArgumentParser(description="Train a Fashion-MNIST feature classifier the way the shipped "
+                                            "one was trained, and save it with a JSON of its test accuracy "
+                                            "and SHA-256. Scoring uses the shipped weights unless "
+                                            "evaluate is given --classifier PATH.",
                                 allow_abbrev=False)
     p.add_argument("--data_dir", default="data/fashion-mnist",
                    help="folder with the official Fashion-MNIST IDX files (.gz or decompressed)")
-    p.add_argument("--out", default=None, help=f"checkpoint path (default: {default_classifier_path()})")
+    p.add_argument("--out", required=True, help="checkpoint path to write (not the shipped file)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device_target", default="CPU", choices=DEVICE_TARGETS)
@@ -281,14 +310,20 @@ def main(argv=None):
     except DeviceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = args.out or default_classifier_path()
+    if os.path.abspath(args.out) == os.path.abspath(SHIPPED_PATH):
+        print(f"error: --out {args.out} is the shipped classifier; write elsewhere", file=sys.stderr)
+        return 2
     try:
-        meta = train_classifier(args.data_dir, out, epochs=args.epochs, seed=args.seed)
+        meta = train_classifier(args.data_dir, args.out, epochs=args.epochs, seed=args.seed)
     except FeatureNetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if meta["test_accuracy"] < 0.90:
         print(f"warning: test accuracy {meta['test_accuracy']:.4f} is below 0.90", file=sys.stderr)
+    if meta["sha256"] != SHIPPED_SHA256:
+        print(f"note: these weights differ from the shipped ones (sha256 {SHIPPED_SHA256[:12]}...), as expected "
+              f"unless this machine, its usable cores and its oneDNN ISA match SHIPPED_META['trained_on']; "
+              f"their FIDs compare only with each other", file=sys.stderr)
     return 0
 
 
