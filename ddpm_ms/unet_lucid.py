@@ -40,8 +40,9 @@ LUCID_KEYS = ("dim", "init_dim", "out_dim", "dim_mults", "channels", "attn_heads
 
 
 def lucid_frequencies(dim, theta=10000.0):
-    """float32 [dim/2]: exp(-i log(theta) / (dim/2 - 1)), rounded as the library's float32 torch
-    code rounds it (i * -c in float32, then exp), so the embeddings agree to float32 rounding."""
+    """float32 [dim/2]: exp(-i log(theta) / (dim/2 - 1)). As in the library's float32 torch code,
+    i * -c is rounded to float32 before the exp (the exp itself is rounded once here; torch's may
+    differ by one ulp), so the embeddings agree to float32 rounding."""
     half = dim // 2
     c = np.float32(-math.log(theta) / (half - 1))
     return np.exp((np.arange(half, dtype=np.float32) * c).astype(np.float64)).astype(np.float32)
