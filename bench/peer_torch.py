@@ -1,6 +1,8 @@
 """The PyTorch peer for bench/bench_train.py: lucidrains' denoising-diffusion-pytorch on CPU.
 
-Runs in its own venv (bench/requirements-bench.txt), never imports ddpm_ms or MindSpore:
+Runs in its own venv (bench/requirements-bench.txt) or in one with the test extra
+(requirements-parity*.txt); never imports MindSpore (peer_fit reads Fashion-MNIST with
+``ddpm_ms.data.sources.read_idx``, which is numpy only):
 
     /work/venv-bench/bin/python bench/peer_torch.py --json '{"kind": "peer_train", "batch": 128}'
 
@@ -14,6 +16,11 @@ Kinds (one per process, result printed as ``RESULT {json}``, as the MindSpore wo
     peer_flops    forward FLOPs per image by torch.utils.flop_counter (2 x multiply-adds of
                   conv / mm / bmm / attention), and the parameter count
     peer_matmul   fp32 2048x2048 matmul GFLOP/s
+    peer_fit      train on the Fashion-MNIST train split for ``minutes`` the way the library's
+                  Trainer does (GaussianDiffusion's defaults: pred_v, sigmoid schedule; Adam
+                  lr 2e-4 betas (0.9, 0.99), batch 32, grad-norm clip 1, random horizontal flip,
+                  EMA 0.995 every 10 steps), then write ``samples`` DDIM-50 (eta 0) samples of the
+                  EMA model as uint8 [N, 28, 28, 1] to ``out`` (.npz, key ``images``)
 
 The package imports torchvision at the top of its module; torchvision does not import beside
 torch 2.13 here, so the stand-in in bench/peer_stub/ goes first on sys.path (the peer uses
@@ -109,8 +116,53 @@ def peer_matmul(spec):
     return {"torch_gflops": 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9}
 
 
+def peer_fit(spec):
+    import numpy as np
+    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+    from ema_pytorch import EMA
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from ddpm_ms.data.sources import read_idx
+    from ddpm_ms.files import save_npz
+
+    torch.manual_seed(spec.get("seed", 0))
+    images = read_idx(Path(spec["data_dir"]) / "train-images-idx3-ubyte.gz")
+    data = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]   # [0, 1]; the library normalises
+    model = Unet(**UNET)
+    diffusion = GaussianDiffusion(model, image_size=28, timesteps=1000, sampling_timesteps=50)
+    opt = torch.optim.Adam(diffusion.parameters(), lr=spec.get("lr", 2e-4), betas=(0.9, 0.99))
+    ema = EMA(diffusion, beta=0.995, update_every=10)
+    b, gen = spec.get("batch", 32), torch.Generator().manual_seed(spec.get("seed", 0))
+    start, step, order, pos, losses = time.time(), 0, torch.randperm(len(data), generator=gen), 0, []
+    while time.time() - start < spec["minutes"] * 60:
+        if pos + b > len(data):
+            order, pos = torch.randperm(len(data), generator=gen), 0
+        x = data[order[pos:pos + b]]
+        pos += b
+        flip = torch.rand(b, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        loss = diffusion(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(diffusion.parameters(), 1.0)
+        opt.step()
+        ema.update()
+        step += 1
+        losses.append(float(loss.detach()))
+    train_s = time.time() - start
+    ema.ema_model.eval()
+    out, t0 = [], time.time()
+    with torch.no_grad():
+        for i in range(0, spec["samples"], 250):
+            x = ema.ema_model.sample(batch_size=min(250, spec["samples"] - i))     # [0, 1]
+            out.append((x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    save_npz(spec["out"], images=np.concatenate(out))
+    return {"steps": step, "train_s": train_s, "sample_s": time.time() - t0, "images_seen": step * b,
+            "final_loss_mean100": sum(losses[-100:]) / max(len(losses[-100:]), 1),
+            "note": f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
+
+
 KINDS = {"peer_train": peer_train, "peer_sample": peer_sample, "peer_flops": peer_flops,
-         "peer_matmul": peer_matmul}
+         "peer_matmul": peer_matmul, "peer_fit": peer_fit}
 
 
 def main():

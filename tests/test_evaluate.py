@@ -186,6 +186,12 @@ def test_cli_fashion_mnist_reference(capsys, random_classifier, tiny_sets, fashi
     assert rc == 0, err
     res = json.loads(out)
     assert res["num_ref"] == 100 and res["ref"] == "fashion_mnist:test" and math.isfinite(res["fid"])
+    # the class histogram is the classifier's predictions on the samples, counted
+    net, _meta = fn.load_feature_net(random_classifier)
+    predicted = fn.predict(net, np.load(tiny_sets[0])["images"])
+    want = np.bincount(predicted, minlength=10) / len(predicted)
+    np.testing.assert_allclose(list(res["class_fractions"].values()), want)
+    assert res["min_class_fraction"] == pytest.approx(want.min())
 
 
 @pytest.mark.parametrize("case, needle", [
@@ -261,3 +267,10 @@ def test_shipped_classifier_fid_separation(fashion_mnist_dir):
     # Noise precision is NOT checked: one outlying real image can cover the whole noise
     # cluster (see ddpm_ms.eval.evaluate's docstring). Recall and coverage are robust.
     assert pr_noise[1] < 0.1 and dc_noise[1] < 0.05
+
+
+def test_class_fractions_count_each_class():
+    """Hand-counted: 6 samples over 4 classes, class 3 never predicted."""
+    fractions = evaluate.class_fractions([0, 2, 2, 1, 0, 2], 4)
+    assert fractions == [2 / 6, 1 / 6, 3 / 6, 0.0]
+    assert len(evaluate.FASHION_CLASSES) == 10

@@ -211,15 +211,32 @@ def run(args):
         _log(f"InceptionV3 features of {len(fake)} samples and {len(real)} reference images ({ref_label})")
         fake_f = inception_features(net, fake, args.batch_size)
         real_f = inception_features(net, real, args.batch_size)
+        classes = None
     else:
-        from .feature_net import extract_features
+        from .feature_net import extract_features, predict
         net, net_info = _classifier(args)
         _log(f"features of {len(fake)} samples and {len(real)} reference images ({ref_label})")
         fake_f, real_f = extract_features(net, fake), extract_features(net, real)
+        classes = class_fractions(predict(net, fake), len(FASHION_CLASSES))
     result = evaluate_images(fake_f, real_f, args.kid_subsets, args.kid_subset_size, args.k, args.seed)
     result.update(num_samples=int(len(fake)), num_ref=int(len(real)), ref=ref_label,
                   samples=os.path.abspath(args.samples), feature_net=net_info)
+    if classes is not None:  # does the model make every kind of clothing? (a collapsed model does not)
+        result["class_fractions"] = dict(zip(FASHION_CLASSES, classes))
+        result["min_class_fraction"] = min(classes)
+        _log("classes of the samples: " + ", ".join(f"{name} {f:.1%}" for name, f in zip(FASHION_CLASSES, classes)))
     return result
+
+
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "ankle boot")
+
+
+def class_fractions(predicted, num_classes):
+    """Fraction of the samples the classifier puts in each class: a list of ``num_classes`` floats
+    summing to 1 (``predicted``: int class per sample)."""
+    counts = np.bincount(np.asarray(predicted, np.int64), minlength=num_classes)[:num_classes]
+    return [float(c) / max(len(predicted), 1) for c in counts]
 
 
 def main(argv=None):
