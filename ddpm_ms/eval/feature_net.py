@@ -23,7 +23,6 @@ report the same ``sha256``.
 import argparse
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -38,6 +37,9 @@ apply_cpu_env(verbose=False)  # before MindSpore is imported (idempotent)
 
 import mindspore as ms  # noqa: E402
 from mindspore import nn  # noqa: E402
+
+from ..files import atomic_write, write_text  # noqa: E402
+from ..train_step import lr_schedule  # noqa: E402
 
 __all__ = ["FeatureNetError", "FashionCNN", "NET_NAME", "FEATURE_DIM", 
            "load_fashion_mnist", "images_to_input", "extract_features", "predict", "accuracy",
@@ -151,23 +153,13 @@ def _meta_path(ckpt_path):
 
 def save_feature_net(net, path, meta=None):
     """Write the checkpoint and ``<path>.json`` (meta + name + sha256), each atomically
-    (temp file, then ``os.replace``). Returns the metadata dict."""
+    (``files.atomic_write``). Returns the metadata dict."""
     path = os.path.abspath(os.path.expanduser(str(path)))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.ckpt"   # MindSpore wants a .ckpt suffix
-    tmp_json = f"{_meta_path(path)}.tmp{os.getpid()}"
-    try:
+    with atomic_write(path, suffix=".ckpt") as tmp:   # MindSpore wants a .ckpt suffix
         ms.save_checkpoint(net, tmp)
         meta = dict(meta or {}, name=NET_NAME, feature_dim=FEATURE_DIM, sha256=sha256_file(tmp))
-        with open(tmp_json, "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
         # json first: a reader that sees the new checkpoint also sees its hash.
-        os.replace(tmp_json, _meta_path(path))
-        os.replace(tmp, path)
-    finally:
-        for p in (tmp, tmp_json):
-            if os.path.exists(p):
-                os.remove(p)
+        write_text(_meta_path(path), json.dumps(meta, indent=2, sort_keys=True))
     return meta
 
 
@@ -236,12 +228,6 @@ def load_feature_net(path=None):
 
 # --------------------------------------------------------------------------- training
 
-def _cosine_lr(base_lr, total_steps, final_frac=0.01):
-    """Per-step learning rates: cosine from base_lr down to base_lr * final_frac."""
-    return [base_lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * s / total_steps)))
-            for s in range(total_steps)]
-
-
 def train_classifier(data_dir, out_path, epochs=2, seed=0, batch_size=128, lr=2e-3,
                      max_train=None, log=None):
     """Train ``FashionCNN`` on the Fashion-MNIST train split, report test accuracy, save.
@@ -259,7 +245,10 @@ def train_classifier(data_dir, out_path, epochs=2, seed=0, batch_size=128, lr=2e
     rng = np.random.default_rng(seed)
     net = FashionCNN()
     steps_per_epoch = len(x_train) // batch_size
-    optimizer = nn.Adam(net.trainable_params(), learning_rate=_cosine_lr(lr, epochs * steps_per_epoch))
+    # cosine from lr down to lr / 100, no warmup (the diffusion trainer's schedule)
+    lrs = lr_schedule({"lr": lr, "min_lr": lr * 0.01, "warmup_steps": 0, "lr_schedule": "cosine"},
+                      epochs * steps_per_epoch)
+    optimizer = nn.Adam(net.trainable_params(), learning_rate=ms.Tensor(lrs))
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
 
     def forward(x, y):
