@@ -195,11 +195,10 @@ def load_network(ckpt_path, weights="ema", conv_impl="auto"):
     conv_impl ('auto' | 'native' | 'matmul', see ``runtime.resolve_conv_impl``; 'auto' is native
     for sampling) is how this process computes convolutions, whatever the training run used:
     both give the same weights."""
-    import mindspore as ms
     from .config import config_from_dict
-    from .runtime import resolve_conv_impl
+    from .runtime import current_device_target, resolve_conv_impl
     from .unet import build_unet
-    conv_impl = resolve_conv_impl(conv_impl, ms.get_context("device_target"), training=False)
+    conv_impl = resolve_conv_impl(conv_impl, current_device_target(), training=False)
     tensors, meta = load(ckpt_path)
     cfg = config_from_dict(meta["config"])
     try:

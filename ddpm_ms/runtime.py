@@ -69,30 +69,44 @@ class DeviceError(ConfigError):
     """The requested device is not available here; the message is one line."""
 
 
-def available_targets():
-    """Backends this MindSpore install can use on this machine, e.g. ['CPU']."""
+def is_available(target):
+    """Whether this MindSpore install can use ``target`` (CPU / GPU / Ascend) on this machine:
+    ``mindspore.device_context.<target>.is_available()`` (2.5+; ``hal.is_available`` before),
+    with the WARNING it logs for each missing plug-in silenced."""
     import logging
 
     import mindspore as ms
-    found = []
     before = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # is_available logs each missing plug-in as a WARNING
+    logging.disable(logging.WARNING)
     try:
-        for target in ("Ascend", "GPU", "CPU"):
-            try:
-                if ms.hal.is_available(target):
-                    found.append(target)
-            except Exception:  # backend plug-in missing or not loadable: not available
-                continue
+        backend = getattr(getattr(ms, "device_context", None), target.lower(), None)
+        if backend is not None and hasattr(backend, "is_available"):
+            return bool(backend.is_available())
+        return bool(ms.hal.is_available(target))
+    except Exception:  # backend plug-in missing or not loadable: not available
+        return False
     finally:
         logging.disable(before)
-    return found or ["CPU"]
+
+
+def current_device_target():
+    """The device target MindSpore runs on now: CPU, GPU or Ascend
+    (``mindspore.get_current_device()`` from 2.5, ``get_context`` before)."""
+    import mindspore as ms
+    if hasattr(ms, "get_current_device"):
+        return ms.get_current_device().device_target
+    return ms.get_context("device_target")
+
+
+def available_targets():
+    """Backends this MindSpore install can use on this machine, e.g. ['CPU']."""
+    return [t for t in ("Ascend", "GPU", "CPU") if is_available(t)] or ["CPU"]
 
 
 def check_available(target):
     """Raise DeviceError (one line) unless ``target`` can run here.
 
-    Checked with ``mindspore.hal.is_available`` before ``set_device``: setting a missing
+    Checked with :func:`is_available` before ``set_device``: setting a missing
     backend prints MindSpore's library errors and a C++ stack instead.
     """
     if target == "CPU":
@@ -132,13 +146,9 @@ def resolve_device_target(requested):
         raise ValueError(f"device_target must be one of {', '.join(DEVICE_TARGETS)}, got {requested!r}")
     if requested != "auto":
         return requested, "requested"
-    import mindspore as ms
     for target in ("Ascend", "GPU"):
-        try:
-            if ms.hal.is_available(target):
-                return target, f"auto: {target} is available"
-        except Exception:  # backend plug-in missing or not loadable: not available
-            continue
+        if is_available(target):
+            return target, f"auto: {target} is available"
     return "CPU", "auto: no Ascend or GPU available"
 
 

@@ -30,20 +30,27 @@ from .config import ConfigError
 LOSS_SCALE_VALUE, LOSS_SCALE_COUNTER = "loss_scale.value", "loss_scale.counter"
 LOSS_SCALE_WINDOW = 1000  # finite steps before the scale doubles
 
+# The Assign / AssignAdd primitives: the functional ops.assign / ops.assign_add are marked
+# "removed after 2.9.0" in MindSpore 2.10; the primitives run the same kernels.
+_assign, _assign_add = ops.Assign(), ops.AssignAdd()
+_reduce_sum = ops.ReduceSum(keep_dims=False)
+
 _ema_op = ops.MultitypeFuncGraph("ema_op")
 _accum_op = ops.MultitypeFuncGraph("accum_op")
 _mean_op = ops.MultitypeFuncGraph("mean_op")
 _zero_op = ops.MultitypeFuncGraph("zero_op")
+_square_sum_op = ops.MultitypeFuncGraph("square_sum_op")
+_clip_op = ops.MultitypeFuncGraph("clip_op")
 
 
 @_ema_op.register("Tensor", "Tensor", "Tensor")
 def _ema_update(d, ema, w):
-    return ops.assign(ema, ema * d + w * (1.0 - d))
+    return _assign(ema, ema * d + w * (1.0 - d))
 
 
 @_accum_op.register("Tensor", "Tensor")
 def _accum_add(total, g):
-    return ops.assign_add(total, g)
+    return _assign_add(total, g)
 
 
 @_mean_op.register("Number", "Tensor")
@@ -53,7 +60,28 @@ def _accum_mean(n, total):
 
 @_zero_op.register("Tensor")
 def _accum_zero(total):
-    return ops.assign(total, ops.zeros_like(total))
+    return _assign(total, ops.zeros_like(total))
+
+
+@_square_sum_op.register("Tensor")
+def _square_sum(g):
+    return ops.expand_dims(ops.cast(_reduce_sum(ops.square(g), ()), ms.float32), 0)
+
+
+@_clip_op.register("Tensor", "Tensor", "Tensor")
+def _clip_scale(clip_norm, global_norm, g):
+    return ops.cast(g * clip_norm / global_norm, ops.dtype(g))
+
+
+def clip_by_global_norm(grads, clip_norm):
+    """g * clip_norm / max(global_norm, clip_norm) for every g, global_norm = sqrt(sum over all
+    gradients of their squares), in float32: what ``ops.clip_by_global_norm`` computes, op for
+    op (MindSpore 2.10 marks it "removed after 2.9.0")."""
+    hyper_map = ops.HyperMap()
+    clip = Tensor([clip_norm], ms.float32)
+    norm = ops.sqrt(ops.addn(hyper_map(_square_sum_op, grads)))
+    norm = ops.select(norm >= clip, norm, clip)
+    return hyper_map(ops.partial(_clip_op, clip, norm), grads)
 
 
 class EMA(nn.Cell):
@@ -83,7 +111,7 @@ class EMA(nn.Cell):
         d = Tensor(self.decay, ms.float32)
         if self.warmup:
             d = ops.minimum(d, (1.0 + n) / (10.0 + n))
-        d = ops.depend(d, ops.assign(self.num_updates, n))
+        d = ops.depend(d, _assign(self.num_updates, n))
         updates = self.hyper_map(ops.partial(_ema_op, d), self.ema_weights, self.weights)
         return ops.depend(d, updates)
 
@@ -114,7 +142,7 @@ def build_optimizer(cfg, params, lrs):
 def _apply_update(grads, optimizer, ema, grad_clip):
     """Clip (global norm), apply the optimizer, then the EMA; shared by every step variant."""
     if grad_clip > 0:
-        grads = ops.clip_by_global_norm(grads, grad_clip)
+        grads = clip_by_global_norm(grads, grad_clip)
     done = optimizer(grads)
     if ema is not None:
         done = ops.depend(done, ema())

@@ -25,7 +25,7 @@ from . import checkpoint as ckpt
 from . import data
 from .config import ConfigError, public, save_config
 from .losses import DiffusionLoss
-from .runtime import resolve_jit_level, resolve_mode, set_seed
+from .runtime import current_device_target, resolve_jit_level, resolve_mode, set_seed
 from .schedule import build_schedule
 from .train_step import (EMA, LOSS_SCALE_COUNTER, LOSS_SCALE_VALUE, build_optimizer, clear_overflow_status,
                          draw_t_noise, draw_t_noise_np, lr_schedule, make_accum_steps, make_loss_scaler,
@@ -162,7 +162,7 @@ class Trainer:
         if steps_per_epoch is None:
             steps_per_epoch = data.create_dataset(cfg, num_shards=self.world, shard_id=self.rank,
                                                   training=cfg["shuffle"]).get_dataset_size()
-        self.sink = use_data_sink(cfg, ms.get_context("device_target"))
+        self.sink = use_data_sink(cfg, current_device_target())
         if self.sink:
             epoch_batches = _step_tokens(steps_per_epoch)
         elif epoch_batches is None:
@@ -181,15 +181,15 @@ class Trainer:
         reducer = self.grad_reducer_factory(self.optimizer.parameters) if self.grad_reducer_factory else None
         loss_reducer = self.comm.loss_reducer() if self.comm is not None and self.world > 1 else None
         self.loss_scaler = make_loss_scaler(cfg) if self.amp else None
-        jit = resolve_mode(cfg["mode"], ms.get_context("device_target"))[0] == "graph"
+        jit = resolve_mode(cfg["mode"], current_device_target())[0] == "graph"
         self.jit = jit
-        self.jit_level, why = resolve_jit_level(cfg["jit_level"], ms.get_context("device_target"))
+        self.jit_level, why = resolve_jit_level(cfg["jit_level"], current_device_target())
         if jit:
             self.log(f"train step compiled with jit_level {self.jit_level} ({why})")
         flag_reducer, self._clear_status = None, None
         if self.amp:  # how this device detects overflow (ddpm_ms/ascend.py)
             from .ascend import chip, overflow_check
-            device = ms.get_context("device_target")
+            device = current_device_target()
             self.overflow_check = overflow_check(device, chip(device), os.environ, self.world)
             self.log(f"loss scaling: overflow check {self.overflow_check.method} ({self.overflow_check.why})")
             if self.overflow_check.reduce_flag and self.comm is not None:

@@ -24,7 +24,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, Uniform
 
 from .convs import MatmulConv2d, MatmulConvTranspose2d
-from .runtime import resolve_conv_impl
+from .runtime import current_device_target, resolve_conv_impl
 
 UNET_KEYS = ("dim", "init_dim", "out_dim", "dim_mults", "channels", "use_convnext", "convnext_mult",
              "resnet_block_groups", "attn_heads", "attn_head_dim", "dropout", "image_size")
@@ -459,7 +459,7 @@ def build_unet(cfg, conv_impl=None, device_target=None):
         (lambda k: getattr(cfg, k, None))
     impl = conv_impl or get("conv_impl") or "auto"
     if impl == "auto" and device_target is None:
-        device_target = ms.get_context("device_target")
+        device_target = current_device_target()
     impl = resolve_conv_impl(impl, device_target)
     if get("unet_family") == "lucid":
         from .unet_lucid import build_lucid_unet

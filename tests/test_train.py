@@ -271,3 +271,21 @@ def test_jit_level_reaches_the_train_step_jit(tiny_folder, tmp_path, monkeypatch
     assert resolve_jit_level("O0", "Ascend") == ("O0", "requested")
     with pytest.raises(ConfigError, match="jit_level"):
         tiny_cfg(tiny_folder, tmp_path, jit_level="O2")
+
+
+@pytest.mark.parametrize("clip_norm", [0.5, 100.0])
+def test_clip_by_global_norm_is_mindspores_op_for_op(clip_norm):
+    """train_step's own global-norm clip (ops.clip_by_global_norm is marked removed after 2.9)
+    gives MindSpore's numbers bit for bit, in a graph too, and the closed form in numpy."""
+    from mindspore import ops
+
+    from ddpm_ms.train_step import clip_by_global_norm
+    rng = np.random.default_rng(0)
+    grads = tuple(ms.Tensor(rng.standard_normal(s).astype(np.float32)) for s in ((3, 4), (5,), (2, 2, 2)))
+    ours = [g.asnumpy() for g in ms.jit(clip_by_global_norm)(grads, clip_norm)]
+    theirs = [g.asnumpy() for g in ops.clip_by_global_norm(grads, clip_norm)]
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a, b)
+    norm = np.sqrt(sum(float((g.asnumpy().astype(np.float64) ** 2).sum()) for g in grads))
+    for a, g in zip(ours, grads):
+        np.testing.assert_allclose(a, g.asnumpy() * clip_norm / max(norm, clip_norm), rtol=1e-6)
