@@ -102,6 +102,10 @@ DEFAULTS = {
     "keep_checkpoints": (3, int, "step checkpoints kept besides latest.ckpt"),
     "resume": ("", str, "'' | auto | path to a checkpoint"),
     "num_preview": (16, int, "images in preview grids"),
+    "preview_minutes": (10.0, float, "with max_minutes set: minutes of wall time between preview grids "
+                                     "(samples_step*.png), besides sample_every; 0 = off"),
+    "inception_ckpt": ("", str, "InceptionV3 FID weights (python -m ddpm_ms.eval.inception convert) for the "
+                                "FID of an RGB run's final grid; Fashion-MNIST runs use the shipped classifier"),
     # sampling
     "sampler": ("ddim", str, "ddpm | ddim | naive | dpmpp2m (DPM-Solver++(2M), no eta)"),
     "sample_steps": (50, int, "sampler steps (ddim / naive / dpmpp2m)"),
@@ -144,7 +148,7 @@ CHOICES = {
 POSITIVE = ("timesteps", "batch_size", "image_size", "dim", "grad_accum", "log_every",
             "save_every", "sample_steps", "num_preview", "convnext_mult", "attn_heads",
             "attn_head_dim", "resnet_block_groups", "sinusoidal_theta", "min_snr_gamma")
-NON_NEGATIVE = ("lr", "min_lr", "max_steps", "epochs", "max_minutes", "sample_every",
+NON_NEGATIVE = ("lr", "min_lr", "max_steps", "epochs", "max_minutes", "sample_every", "preview_minutes",
                 "keep_checkpoints", "grad_clip", "ema_decay", "eta", "dropout", "warmup_steps",
                 "weight_decay", "init_dim", "out_dim", "p2_k")
 

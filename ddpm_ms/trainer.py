@@ -316,6 +316,9 @@ class Trainer:
         metrics = MetricsLog(self.run_dir, enabled=self.is_main, resume_step=self.step)
         previous = _install_signal_handlers(self)
         start = time.time()
+        # previews by the clock as well (max_minutes runs): every preview_minutes of wall time
+        preview_every = 60 * cfg["preview_minutes"] if cfg["max_minutes"] else 0
+        next_preview = start + preview_every
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main,
                    unit="step", dynamic_ncols=True, file=sys.stdout)
         loss_sum, loss_count, window_start, window_images = None, 0, time.time(), 0
@@ -380,6 +383,12 @@ class Trainer:
                         self.save(epoch)
                     if self.is_main and cfg["sample_every"] and self.step % cfg["sample_every"] == 0:
                         self.preview(f"samples_step{self.step:08d}.png")
+                    elif (self.is_main and preview_every and time.time() >= next_preview
+                          and not (at_end or stopping)):  # the end has its own preview
+                        self.log(f"preview at {(time.time() - start) / 60:.1f} min: samples_step{self.step:08d}.png")
+                        self.preview(f"samples_step{self.step:08d}.png")
+                    if preview_every and time.time() >= next_preview:  # the next multiple of preview_every
+                        next_preview = start + (math.floor((time.time() - start) / preview_every) + 1) * preview_every
                     if at_end or stopping:
                         break
         finally:
@@ -387,7 +396,7 @@ class Trainer:
             _restore_signal_handlers(previous)
         if self.is_main:
             metrics.plot(os.path.join(self.run_dir, "loss.png"), loss_label(cfg))
-            self.preview("samples.png")
+            self.score_grid(self.preview("samples.png"))
         why = self.stop_reason or f"reached step {self.step}"
         self.log(f"stopped: {why}; checkpoint {os.path.join(self.run_dir, 'latest.ckpt')}")
         return self.step
@@ -471,9 +480,31 @@ class Trainer:
         sampler = make_sampler(schedule=self.schedule, **sampling_options(cfg))
         images = sample(net, sampler, cfg["num_preview"], image_shape(cfg), seed=cfg["seed"], progress=False)
         self.net.set_train(True)
-        path = os.path.join(self.run_dir, name)
-        save_grid(to_uint8(images), path)
-        return path
+        images = to_uint8(images)
+        save_grid(images, os.path.join(self.run_dir, name))
+        return images
+
+    def score_grid(self, images):
+        """Print the FID of the final grid's uint8 images and write it to ``grid_fid.json``, or
+        print one line saying why it is skipped (ddpm_ms.eval.grid_fid). Returns the FID or None."""
+        from .eval.grid_fid import fid_plan, grid_fid
+        from .files import write_text
+        from .runtime import user_errors
+        network, why_not = fid_plan(self.cfg)
+        if network is None:
+            self.log(f"grid FID skipped: {why_not}")
+            return None
+        try:
+            fid, sha, ref = grid_fid(images, self.cfg)
+        except user_errors() + (OSError,) as e:  # a missing reference must not fail a finished run
+            self.log(f"grid FID skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            return None
+        self.log(f"grid FID {fid:.2f} ({len(images)} samples of samples.png against {ref}, {network}, "
+                 f"sha256 {sha[:12]}...; few samples bias it upwards: compare runs with the same num_preview)")
+        write_text(os.path.join(self.run_dir, "grid_fid.json"), json.dumps(
+            {"step": self.step, "fid": fid, "num_samples": len(images), "ref": ref, "network": network,
+             "sha256": sha}, indent=2) + "\n")
+        return fid
 
 
 def _step_tokens(steps_per_epoch):
