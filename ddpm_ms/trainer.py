@@ -162,7 +162,8 @@ class Trainer:
         if steps_per_epoch is None:
             steps_per_epoch = data.create_dataset(cfg, num_shards=self.world, shard_id=self.rank,
                                                   training=cfg["shuffle"]).get_dataset_size()
-        self.sink = use_data_sink(cfg, current_device_target())
+        device = current_device_target()
+        self.sink = use_data_sink(cfg, device)
         if self.sink:
             epoch_batches = _step_tokens(steps_per_epoch)
         elif epoch_batches is None:
@@ -181,15 +182,14 @@ class Trainer:
         reducer = self.grad_reducer_factory(self.optimizer.parameters) if self.grad_reducer_factory else None
         loss_reducer = self.comm.loss_reducer() if self.comm is not None and self.world > 1 else None
         self.loss_scaler = make_loss_scaler(cfg) if self.amp else None
-        jit = resolve_mode(cfg["mode"], current_device_target())[0] == "graph"
+        jit = resolve_mode(cfg["mode"], device)[0] == "graph"
         self.jit = jit
-        self.jit_level, why = resolve_jit_level(cfg["jit_level"], current_device_target())
+        self.jit_level, why = resolve_jit_level(cfg["jit_level"], device)
         if jit:
             self.log(f"train step compiled with jit_level {self.jit_level} ({why})")
         flag_reducer, self._clear_status = None, None
         if self.amp:  # how this device detects overflow (ddpm_ms/ascend.py)
             from .ascend import chip, overflow_check
-            device = current_device_target()
             self.overflow_check = overflow_check(device, chip(device), os.environ, self.world)
             self.log(f"loss scaling: overflow check {self.overflow_check.method} ({self.overflow_check.why})")
             if self.overflow_check.reduce_flag and self.comm is not None:
