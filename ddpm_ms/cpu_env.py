@@ -163,6 +163,15 @@ def apply_cpu_env(verbose=True, cpuinfo_path="/proc/cpuinfo", matmul_convs=False
     return dict(chosen)
 
 
+def onednn_convs_slow(cpuinfo_path="/proc/cpuinfo"):
+    """True when oneDNN's own convolutions would run its slow reference kernel in this process:
+    an AVX-512 CPU and no AVX2 (or lower) cap, which is what a matmul-conv training process
+    chooses. Other networks of that process (the evaluation classifier of the final grid's FID)
+    must then compute their convolutions as matmuls too: 5-20x faster (BENCHMARKS.md)."""
+    capped = os.environ.get(ISA_VAR, "").upper() in ("AVX2", "AVX", "SSE41", "AVX2_VNNI")
+    return not capped and cpu_has_avx512(cpuinfo_path)
+
+
 def cpu_threads():
     """Thread count chosen by apply_cpu_env (or the usable cores)."""
     value = os.environ.get(THREADS_VAR)

@@ -398,7 +398,7 @@ class Trainer:
             metrics.plot(os.path.join(self.run_dir, "loss.png"), loss_label(cfg))
             self.score_grid(self.preview("samples.png"))
         why = self.stop_reason or f"reached step {self.step}"
-        self.log(f"stopped: {why}; checkpoint {os.path.join(self.run_dir, 'latest.ckpt')}")
+        self.log(f"stopped at step {self.step}: {why}; checkpoint {os.path.join(self.run_dir, 'latest.ckpt')}")
         return self.step
 
     def _one_step(self, micro_batches):

@@ -61,8 +61,15 @@ class FeatureNetError(Exception):
 
 
 def _conv(cin, cout):
-    # MindSpore's Conv2d defaults to pad_mode='same' without bias; be explicit.
-    return nn.Conv2d(cin, cout, 3, pad_mode="pad", padding=1, has_bias=True)
+    """3x3 conv, padding 1, with bias (MindSpore's Conv2d defaults to 'same' without bias). In a
+    CPU process that left oneDNN uncapped for a matmul-conv U-Net (the final grid's FID inside
+    train.py), oneDNN's conv kernel is its reference one: scoring 10,000 test images took 5
+    minutes on one core. There the convs run as unfold + matmul (same parameters)."""
+    from ..convs import MatmulConv2d
+    from ..cpu_env import onednn_convs_slow
+    on_cpu = ms.get_context("device_target") == "CPU"
+    cls = MatmulConv2d if on_cpu and onednn_convs_slow() else nn.Conv2d
+    return cls(cin, cout, 3, pad_mode="pad", padding=1, has_bias=True)
 
 
 class FashionCNN(nn.Cell):
