@@ -12,15 +12,19 @@
    samples in each class).
 
 Writes OUT/race.json, OUT/race.md (a table with the commands) and OUT/race.png (64 samples of
-each side by side). The runs are sequential, so each gets the whole machine: run it on an idle
-machine and say which one. ``--peer_python``: an interpreter with torch and the library (the test
+each side by side). By default the runs are sequential, so each gets the whole machine: run it on
+an idle machine and say which one. ``--pinned``: both sides at the same time, each pinned to its
+own core with ``taskset`` (the peer with one torch thread), so both see the same machine state and
+the pair takes M minutes instead of 2M. ``--peer_python``: an interpreter with torch and the library (the test
 extra, requirements-parity*.txt, or the bench venv of requirements-bench.txt).
 """
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -72,6 +76,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2, help="the peer's torch threads")
     p.add_argument("--peer_python", default=sys.executable)
     p.add_argument("--skip", choices=("ours", "peer"), default=None, help="reuse that side's earlier samples")
+    p.add_argument("--pinned", action="store_true",
+                   help="run both sides at once, ours on core 0 and the peer (1 thread) on core 1")
     args = p.parse_args(argv)
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -81,17 +87,35 @@ def main(argv=None):
     sample_cmd = [sys.executable, "sample.py", "--ckpt", out / "ours" / "latest.ckpt", "--num_samples", args.samples,
                   "--sampler", "ddim", "--steps", 50, "--eta", 0, "--seed", 0, "--out", out / "ours_samples",
                   "--overwrite"]
+    if args.pinned:
+        if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+            sys.exit("error: --pinned needs taskset and two cores")
+        args.threads = 1
+        train_cmd, sample_cmd = (["taskset", "-c", "0", *c] for c in (train_cmd, sample_cmd))
     peer_spec = {"kind": "peer_fit", "minutes": args.minutes, "samples": args.samples, "data_dir": args.data_dir,
                  "out": str(peer_npz), "threads": args.threads}
     peer_cmd = [args.peer_python, "bench/peer_torch.py", "--json", json.dumps(peer_spec)]
+    if args.pinned:
+        peer_cmd = ["taskset", "-c", "1", *peer_cmd]
     times = {}
-    if args.skip != "ours":
+
+    def ours():
         times["ours_train_s"], _ = run(train_cmd, "ddpm_ms training")
         times["ours_sample_s"], _ = run(sample_cmd, "ddpm_ms sampling")
-    if args.skip != "peer":
+
+    def peer():
         times["peer_s"], stdout = run(peer_cmd, "peer training and sampling")
         line = [s for s in stdout.splitlines() if s.startswith("RESULT ")][-1]
         times["peer"] = json.loads(line[len("RESULT "):])
+
+    sides = [f for f, name in ((ours, "ours"), (peer, "peer")) if args.skip != name]
+    if args.pinned:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for f in [pool.submit(side) for side in sides]:
+                f.result()
+    else:
+        for side in sides:
+            side()
     scores = {"ours": evaluate(ours_npz, args.data_dir, out / "ours_eval.json"),
               "peer": evaluate(peer_npz, args.data_dir, out / "peer_eval.json")}
     side_by_side(ours_npz, peer_npz, out / "race.png")
@@ -102,7 +126,7 @@ def main(argv=None):
     except (OSError, StopIteration):
         pass
     report = {"date": datetime.date.today().isoformat(), "machine": machine, "minutes": args.minutes,
-              "samples": args.samples, "config": args.config, "times": times, "scores": scores,
+              "samples": args.samples, "config": args.config, "pinned": args.pinned, "times": times, "scores": scores,
               "commands": {"train": " ".join(map(str, train_cmd)), "sample": " ".join(map(str, sample_cmd)),
                            "peer": " ".join(map(str, peer_cmd))}}
     (out / "race.json").write_text(json.dumps(report, indent=2))
@@ -110,7 +134,8 @@ def main(argv=None):
     for name, s in scores.items():
         rows.append(f"| {name} | {s['fid']:.2f} | {s['kid_mean']:.4f} | {s['precision']:.3f} | {s['recall']:.3f} | "
                     f"{s['min_class_fraction']:.1%} |")
-    md = "\n".join([f"{args.minutes:g} CPU minutes each, {args.samples} DDIM-50 samples, {machine}, "
+    how = "at the same time, one core each (taskset)" if args.pinned else "one after the other, whole machine"
+    md = "\n".join([f"{args.minutes:g} minutes each, {how}, {args.samples} DDIM-50 samples, {machine}, "
                     f"{report['date']}", "", *rows, "", "```", *report["commands"].values(), "```", ""])
     (out / "race.md").write_text(md)
     print(md)

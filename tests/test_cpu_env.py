@@ -60,6 +60,17 @@ def test_avx512_detection_from_cpuinfo(tmp_path):
     assert not cpu_env.cpu_has_avx512(str(tmp_path / "missing"))
 
 
+def test_onednn_convs_slow_only_uncapped_on_avx512(tmp_path, monkeypatch):
+    avx512, avx2 = _cpuinfo(tmp_path, FLAGS_AVX512), str(tmp_path / "avx2")
+    Path(avx2).write_text("processor\t: 0\n" + FLAGS_AVX2)
+    monkeypatch.delenv(cpu_env.ISA_VAR, raising=False)
+    assert cpu_env.onednn_convs_slow(avx512) and not cpu_env.onednn_convs_slow(avx2)
+    monkeypatch.setenv(cpu_env.ISA_VAR, "AVX2")
+    assert not cpu_env.onednn_convs_slow(avx512)
+    monkeypatch.setenv(cpu_env.ISA_VAR, "AVX512_CORE")
+    assert cpu_env.onednn_convs_slow(avx512)
+
+
 @pytest.mark.parametrize("text,want", [("max 100000", None), ("max", None), ("150000 100000", 1),
                                        ("200000 100000", 2), ("50000 100000", 1), ("400000 100000\n", 4)])
 def test_cgroup_v2_cpu_max(text, want):

@@ -83,3 +83,15 @@ def test_readme_states_the_shipped_hash_and_accuracy():
     readme = (ROOT / "README.md").read_text()
     assert f"sha256 {fn.SHIPPED_SHA256[:12]}" in readme
     assert f"test accuracy {fn.SHIPPED_META['test_accuracy']:.2%}" in readme
+
+
+def test_matmul_convs_where_onednn_convs_are_slow(monkeypatch):
+    """In a process that left oneDNN uncapped (a matmul-conv training run scoring its final grid),
+    the classifier computes its convs as matmuls; the features stay the pinned ones."""
+    from ddpm_ms import cpu_env
+    from ddpm_ms.convs import MatmulConv2d
+    monkeypatch.setattr(cpu_env, "onednn_convs_slow", lambda *a, **k: True)
+    net, _ = fn.load_feature_net()
+    convs = [c for c in net.body if "Conv" in type(c).__name__]
+    assert len(convs) == 3 and all(isinstance(c, MatmulConv2d) for c in convs)
+    np.testing.assert_allclose(fn.extract_features(net, _probe_images()).sum(1), PINNED_FEATURE_SUMS, rtol=1e-4)
