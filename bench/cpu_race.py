@@ -6,7 +6,8 @@
 1. ddpm_ms: ``train.py --config CONFIG --max_minutes M`` on the Fashion-MNIST train split, then
    ``sample.py``: ``--samples`` images with DDIM-50, eta 0, EMA weights.
 2. the peer: ``bench/peer_torch.py`` kind ``peer_fit`` trains denoising-diffusion-pytorch 2.3.4
-   for the same M minutes the way its Trainer does and samples the same way (DDIM-50, eta 0, EMA).
+   for the same M minutes the way its Trainer does and samples the same way (DDIM-50, eta 0, EMA);
+   its model is kept as OUT/peer/model-race.pt (``python -m ddpm_ms.convert`` imports it).
 3. both sample sets are scored by ``python -m ddpm_ms.eval.evaluate`` against the Fashion-MNIST
    test split with the project's classifier (FID, KID, precision / recall, and the fraction of
    samples in each class).
@@ -93,7 +94,7 @@ def main(argv=None):
         args.threads = 1
         train_cmd, sample_cmd = (["taskset", "-c", "0", *c] for c in (train_cmd, sample_cmd))
     peer_spec = {"kind": "peer_fit", "minutes": args.minutes, "samples": args.samples, "data_dir": args.data_dir,
-                 "out": str(peer_npz), "threads": args.threads}
+                 "out": str(peer_npz), "threads": args.threads, "ckpt": str(out / "peer" / "model-race.pt")}
     peer_cmd = [args.peer_python, "bench/peer_torch.py", "--json", json.dumps(peer_spec)]
     if args.pinned:
         peer_cmd = ["taskset", "-c", "1", *peer_cmd]

@@ -20,7 +20,9 @@ Kinds (one per process, result printed as ``RESULT {json}``, as the MindSpore wo
                   Trainer does (GaussianDiffusion's defaults: pred_v, sigmoid schedule; Adam
                   lr 2e-4 betas (0.9, 0.99), batch 32, grad-norm clip 1, random horizontal flip,
                   EMA 0.995 every 10 steps), then write ``samples`` DDIM-50 (eta 0) samples of the
-                  EMA model as uint8 [N, 28, 28, 1] to ``out`` (.npz, key ``images``)
+                  EMA model as uint8 [N, 28, 28, 1] to ``out`` (.npz, key ``images``); with
+                  ``ckpt``, also the trained model in the library Trainer's ``model-N.pt`` layout
+                  (``step``, ``model``, ``ema``, ``opt``), which ``python -m ddpm_ms.convert`` reads
 
 The package imports torchvision at the top of its module; torchvision does not import beside
 torch 2.13 here, so the stand-in in bench/peer_stub/ goes first on sys.path (the peer uses
@@ -149,6 +151,10 @@ def peer_fit(spec):
         step += 1
         losses.append(float(loss.detach()))
     train_s = time.time() - start
+    if spec.get("ckpt"):
+        Path(spec["ckpt"]).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"step": step, "model": diffusion.state_dict(), "opt": opt.state_dict(),
+                    "ema": ema.state_dict(), "version": "2.3.4"}, spec["ckpt"])
     ema.ema_model.eval()
     out, t0 = [], time.time()
     with torch.no_grad():
