@@ -154,8 +154,10 @@ def infer_diffusion(buffers):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         schedules = {k: NoiseSchedule(k, T) for k in SCHEDULES}
+    # rtol 1e-4: the library's float32 sigmoid betas differ from ours by up to 1.3e-5 relative
+    # near t = T (T = 1000); the three schedules differ from each other by far more
     kind = next((k for k, s in schedules.items()
-                 if np.allclose(s.betas.astype(np.float32), betas, rtol=1e-5, atol=1e-8)), None)
+                 if np.allclose(s.betas.astype(np.float32), betas, rtol=1e-4, atol=1e-8)), None)
     if kind is None:
         raise ConvertError(f"the checkpoint's betas (T={T}, first {betas[0]:.4g}, last {betas[-1]:.4g}) are none of "
                            "the library's linear, cosine or sigmoid (start -3, end 3, tau 1) schedules: custom "

@@ -212,6 +212,19 @@ def converted(tmp_path_factory):
     return dict(tmp=tmp, cfg=cfg, step=step, has_ema=has_ema, ema_model=ema_model.eval(), diffusion=diffusion)
 
 
+@pytest.mark.parametrize("schedule,ours", [("linear", "linear"), ("cosine", "cosine"), ("sigmoid", "sigmoid_abar")])
+@pytest.mark.parametrize("timesteps", [100, 1000])
+def test_converter_recognises_the_library_schedules(schedule, ours, timesteps):
+    """The library's own float32 betas buffer, at its default T = 1000 too (a 40-minute peer model
+    with the default sigmoid schedule was refused when the match was to rtol 1e-5)."""
+    from ddpm_ms.convert import infer_diffusion
+    diffusion = lucid.GaussianDiffusion(lucid.Unet(dim=8, dim_mults=(1, 2), channels=1), image_size=8,
+                                        timesteps=timesteps, beta_schedule=schedule)
+    betas = diffusion.betas.numpy()
+    assert betas.dtype == np.float32
+    assert infer_diffusion({"betas": betas})["beta_schedule"] == ours
+
+
 def test_converter_reads_the_settings_from_the_file(converted):
     cfg = converted["cfg"]
     assert (converted["step"], converted["has_ema"]) == (7, True)
