@@ -73,7 +73,7 @@ DEFAULTS = {
     "min_snr_gamma": (5.0, float, "min_snr: the weight is min(snr, gamma) / snr on the eps error"),
     # optimisation
     "batch_size": (128, int, "images per step per device"),
-    "optimizer": ("adam", str, "adam | adamw"),
+    "optimizer": ("adam", str, "adam | adamw (decoupled weight decay with bias correction, as torch.optim.AdamW)"),
     "lr": (1e-3, float, "peak learning rate"),
     "min_lr": (1e-4, float, "final learning rate of the cosine schedule"),
     "lr_schedule": ("cosine", str, "constant | cosine (after warmup)"),

@@ -41,6 +41,7 @@ _mean_op = ops.MultitypeFuncGraph("mean_op")
 _zero_op = ops.MultitypeFuncGraph("zero_op")
 _square_sum_op = ops.MultitypeFuncGraph("square_sum_op")
 _clip_op = ops.MultitypeFuncGraph("clip_op")
+_adamw_op = ops.MultitypeFuncGraph("adamw_op")
 
 
 @_ema_op.register("Tensor", "Tensor", "Tensor")
@@ -130,11 +131,75 @@ def lr_schedule(cfg, total_steps):
     return lr.astype(np.float32)
 
 
+@_adamw_op.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Tensor",
+                    "Tensor", "Tensor", "Tensor")
+def _adamw_update(lr, wd, b1, b2, eps, bc1, bc2, decay, w, m, v, g):
+    m_new = b1 * m + (1.0 - b1) * g
+    v_new = b2 * v + (1.0 - b2) * g * g
+    w_new = w - lr * (m_new / bc1) / (ops.sqrt(v_new / bc2) + eps)
+    if decay:
+        w_new = w_new - lr * wd * w
+    done = ops.depend(_assign(m, m_new), _assign(v, v_new))
+    return ops.depend(_assign(w, w_new), done)
+
+
+def _decays(param):
+    """nn.AdamWeightDecay's default filter: no decay on norm scales and shifts (gamma, beta)."""
+    return "beta" not in param.name and "gamma" not in param.name
+
+
+class AdamW(nn.Optimizer):
+    """Adam with decoupled weight decay (Loshchilov and Hutter 2019), torch.optim.AdamW's update:
+    m, v as Adam; w <- w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) - lr * wd * w.
+
+    Replaces nn.AdamWeightDecay, which MindSpore 2.10 marks "removed after 2.9.0" (and which has
+    no bias correction; mint.optim.AdamW takes no per-step learning-rate list). Norm gammas and
+    betas are not decayed, as nn.AdamWeightDecay's default. State: ``adamw_m.<name>``,
+    ``adamw_v.<name>`` and ``adamw_step``; a checkpoint of the old optimizer resumes through
+    :func:`legacy_optimizer_state`.
+    """
+
+    def __init__(self, params, learning_rate, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        super().__init__(learning_rate, params)
+        self.b1, self.b2 = Tensor(beta1, ms.float32), Tensor(beta2, ms.float32)
+        self.eps, self.wd = Tensor(eps, ms.float32), Tensor(weight_decay, ms.float32)
+        self.moment1 = self._parameters.clone(prefix="adamw_m", init="zeros")
+        self.moment2 = self._parameters.clone(prefix="adamw_v", init="zeros")
+        self.step_count = Parameter(Tensor(0.0, ms.float32), name="adamw_step", requires_grad=False)
+        self.decay_mask = tuple(_decays(p) for p in self._parameters)
+
+    def construct(self, gradients):
+        lr = self.get_lr()   # lrs[global_step]; advancing global_step is the subclass's job (as nn.Adam)
+        lr = ops.depend(lr, _assign_add(self.global_step, self.global_step_increase_tensor))
+        t = self.step_count + 1.0
+        t = ops.depend(t, _assign(self.step_count, t))
+        bc1, bc2 = 1.0 - ops.pow(self.b1, t), 1.0 - ops.pow(self.b2, t)
+        return self.hyper_map(ops.partial(_adamw_op, lr, self.wd, self.b1, self.b2, self.eps, bc1, bc2),
+                              self.decay_mask, self._parameters, self.moment1, self.moment2, gradients)
+
+
+def legacy_optimizer_state(tensors):
+    """A checkpoint written with nn.AdamWeightDecay (``optimizer: adamw`` before AdamW above)
+    holds ``adam_m.*`` / ``adam_v.*``: the same moments under AdamW's names, and ``adamw_step`` set
+    to the steps taken (its bias corrections are then as if it had always been AdamW). Returns
+    ``tensors`` unchanged when there is nothing to rename."""
+    if not any(k.startswith("adam_m.") for k in tensors) or any(k.startswith("adamw_m.") for k in tensors):
+        return tensors
+    out = dict(tensors)
+    for key in tensors:
+        for old, new in (("adam_m.", "adamw_m."), ("adam_v.", "adamw_v.")):
+            if key.startswith(old):
+                out[new + key[len(old):]] = out.pop(key)
+    if "global_step" in tensors:
+        out["adamw_step"] = Tensor(float(np.asarray(tensors["global_step"]).reshape(-1)[0]), ms.float32)
+    return out
+
+
 def build_optimizer(cfg, params, lrs):
     lr = Tensor(lrs)
     if cfg["optimizer"] == "adamw":
-        return nn.AdamWeightDecay(params, learning_rate=lr, beta1=cfg["adam_beta1"],
-                                  beta2=cfg["adam_beta2"], weight_decay=cfg["weight_decay"])
+        return AdamW(params, learning_rate=lr, beta1=cfg["adam_beta1"], beta2=cfg["adam_beta2"],
+                     weight_decay=cfg["weight_decay"])
     return nn.Adam(params, learning_rate=lr, beta1=cfg["adam_beta1"], beta2=cfg["adam_beta2"],
                    weight_decay=cfg["weight_decay"])
 

@@ -28,8 +28,8 @@ from .losses import DiffusionLoss
 from .runtime import current_device_target, resolve_jit_level, resolve_mode, set_seed
 from .schedule import build_schedule
 from .train_step import (EMA, LOSS_SCALE_COUNTER, LOSS_SCALE_VALUE, build_optimizer, clear_overflow_status,
-                         draw_t_noise, draw_t_noise_np, lr_schedule, make_accum_steps, make_loss_scaler,
-                         make_train_step)
+                         draw_t_noise, draw_t_noise_np, legacy_optimizer_state, lr_schedule, make_accum_steps,
+                         make_loss_scaler, make_train_step)
 from .unet import ARCH_KEYS, build_unet, model_summary, set_compute_dtype
 
 # Data parallel: steps between stop votes (an AllReduce plus a host sync), so a SIGTERM or
@@ -253,7 +253,7 @@ class Trainer:
         if imported:
             self.log(f"{path} holds imported weights only: the optimizer state and the EMA warm-up start afresh")
         else:
-            ckpt.load_into(self._optimizer_state(), tensors, where=path)
+            ckpt.load_into(self._optimizer_state(), legacy_optimizer_state(tensors), where=path)
         if self.ema_net is not None:
             ckpt.load_into(ckpt.named(self.ema_net), tensors, prefix=ckpt.EMA_PREFIX, where=path)
             if not imported:

@@ -46,15 +46,18 @@ def params_of(trainer):
     return state
 
 
-def test_exact_resume_matches_uninterrupted_run(tiny_folder, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_exact_resume_matches_uninterrupted_run(tiny_folder, tmp_path, optimizer):
     # 24 images / batch 4 = 6 steps per epoch; 9 steps crosses an epoch boundary
-    full = run_trainer(tiny_cfg(tiny_folder, tmp_path / "a", max_steps=9))
-    first = run_trainer(tiny_cfg(tiny_folder, tmp_path / "b", max_steps=9), stop_after=4)
+    opt = dict(optimizer=optimizer, weight_decay=0.05 if optimizer == "adamw" else 0.0)
+    full = run_trainer(tiny_cfg(tiny_folder, tmp_path / "a", max_steps=9, **opt))
+    first = run_trainer(tiny_cfg(tiny_folder, tmp_path / "b", max_steps=9, **opt), stop_after=4)
     assert first.step == 4
-    resumed = run_trainer(tiny_cfg(tiny_folder, tmp_path / "b", max_steps=9, resume="auto"))
+    resumed = run_trainer(tiny_cfg(tiny_folder, tmp_path / "b", max_steps=9, resume="auto", **opt))
     assert resumed.step == 9
     a, b = params_of(full), params_of(resumed)
-    assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a) and any("moment1" in k for k in a)
+    moment = "moment1." if optimizer == "adam" else "adamw_m."
+    assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a) and any(moment in k for k in a)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
     # and the run really trained: weights moved away from a fresh initialisation
