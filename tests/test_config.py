@@ -64,7 +64,16 @@ def test_cli_types_are_converted():
     assert cfg["beta_start"] is None and cfg["lr"] == pytest.approx(3e-4)
 
 
-@pytest.mark.parametrize("name", ["fashion_mnist", "fashion_mnist_smoke", "cifar10", "image_folder"])
+SHIPPED_CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+
+
+def test_readme_lists_every_shipped_config():
+    readme = (ROOT / "README.md").read_text()
+    assert len(SHIPPED_CONFIGS) >= 5
+    assert [n for n in SHIPPED_CONFIGS if f"| `configs/{n}.yaml` |" not in readme] == []
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_shipped_configs_load_and_round_trip(tmp_path, name):
     cfg = load_config(["--config", str(ROOT / "configs" / f"{name}.yaml")])
     out = tmp_path / "resolved.yaml"
@@ -75,7 +84,7 @@ def test_shipped_configs_load_and_round_trip(tmp_path, name):
     assert yaml.safe_load(out.read_text())["dim"] == cfg["dim"]
 
 
-@pytest.mark.parametrize("name", ["fashion_mnist", "fashion_mnist_smoke", "cifar10", "image_folder"])
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_shipped_configs_fit_their_data_and_build(name):
     """A shipped config for a built-in data set asks for the set's native size and channels (as
     the data pipeline knows them: no resize, as in the tutorial), and the U-Net it describes maps
