@@ -67,7 +67,8 @@ def _conv(cin, cout):
     minutes on one core. There the convs run as unfold + matmul (same parameters)."""
     from ..convs import MatmulConv2d
     from ..cpu_env import onednn_convs_slow
-    on_cpu = ms.get_context("device_target") == "CPU"
+    from ..runtime import current_device_target
+    on_cpu = current_device_target() == "CPU"
     cls = MatmulConv2d if on_cpu and onednn_convs_slow() else nn.Conv2d
     return cls(cin, cout, 3, pad_mode="pad", padding=1, has_bias=True)
 
