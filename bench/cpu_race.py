@@ -46,11 +46,30 @@ def run(cmd, what, env=None):
     return time.time() - t0, proc.stdout
 
 
+DEFAULT_DATA_DIR = os.environ.get("DDPM_MS_DATA", str(ROOT.parent / "shared" / "data")) + "/fashion-mnist"
+
+
+def sample_command(ckpt, num_samples, out, *extra):
+    """sample.py: ``num_samples`` DDIM-50 (eta 0, seed 0) samples of the EMA weights into ``out``."""
+    return [sys.executable, "sample.py", "--ckpt", ckpt, "--num_samples", num_samples, "--sampler", "ddim",
+            "--steps", 50, "--eta", 0, "--seed", 0, "--out", out, "--overwrite", *extra]
+
+
+def score_command(samples, data_dir):
+    """The evaluate CLI on ``samples`` (.npz) against the Fashion-MNIST test split."""
+    return [sys.executable, "-m", "ddpm_ms.eval.evaluate", "--samples", samples, "--ref", "fashion_mnist",
+            "--data_dir", data_dir]
+
+
+def parse_scores(stdout):
+    """The JSON the evaluate CLI prints after its progress lines."""
+    return json.loads(stdout[stdout.index("{"):])
+
+
 def evaluate(samples, data_dir, out):
     """The evaluate CLI's JSON for ``samples`` against the Fashion-MNIST test split."""
-    _, stdout = run([sys.executable, "-m", "ddpm_ms.eval.evaluate", "--samples", samples, "--ref", "fashion_mnist",
-                     "--data_dir", data_dir], f"scoring {samples}")
-    result = json.loads(stdout[stdout.index("{"):])
+    _, stdout = run(score_command(samples, data_dir), f"scoring {samples}")
+    result = parse_scores(stdout)
     Path(out).write_text(json.dumps(result, indent=2))
     return result
 
@@ -71,8 +90,7 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=40.0, help="training minutes for each side")
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--config", default="configs/fashion_mnist.yaml", help="ddpm_ms's recipe")
-    p.add_argument("--data_dir", default=os.environ.get("DDPM_MS_DATA", str(ROOT.parent / "shared" / "data"))
-                   + "/fashion-mnist")
+    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
     p.add_argument("--out", default="runs/race")
     p.add_argument("--threads", type=int, default=2, help="the peer's torch threads")
     p.add_argument("--peer_python", default=sys.executable)
@@ -85,9 +103,7 @@ def main(argv=None):
     ours_npz, peer_npz = out / "ours_samples" / "samples.npz", out / "peer_samples.npz"
     train_cmd = [sys.executable, "train.py", "--config", args.config, "--device_target", "CPU",
                  "--max_minutes", args.minutes, "--data_dir", args.data_dir, "--output_dir", out, "--run_name", "ours"]
-    sample_cmd = [sys.executable, "sample.py", "--ckpt", out / "ours" / "latest.ckpt", "--num_samples", args.samples,
-                  "--sampler", "ddim", "--steps", 50, "--eta", 0, "--seed", 0, "--out", out / "ours_samples",
-                  "--overwrite"]
+    sample_cmd = sample_command(out / "ours" / "latest.ckpt", args.samples, out / "ours_samples")
     if args.pinned:
         if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
             sys.exit("error: --pinned needs taskset and two cores")

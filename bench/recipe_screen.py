@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from cpu_race import DEFAULT_DATA_DIR, parse_scores, sample_command, score_command  # noqa: E402
 
 # row name -> train.py overrides on top of the base config
 ROWS = {
@@ -56,12 +59,9 @@ def row_commands(name, args, out):
     train = [sys.executable, "train.py", "--config", config, "--device_target", "CPU", "--max_minutes",
              str(args.minutes), "--data_dir", args.data_dir, "--output_dir", str(out), "--run_name", name,
              "--preview_minutes", "0", *extra]
-    sample = [sys.executable, "sample.py", "--ckpt", str(out / name / "latest.ckpt"), "--num_samples",
-              str(args.samples), "--sampler", "ddim", "--steps", "50", "--eta", "0", "--seed", "0",
-              "--out", str(out / f"{name}_samples"), "--overwrite", "--no_per_image"]
-    score = [sys.executable, "-m", "ddpm_ms.eval.evaluate", "--samples", str(out / f"{name}_samples" / "samples.npz"),
-             "--ref", "fashion_mnist", "--data_dir", args.data_dir]
-    return train, sample, score
+    sample = sample_command(out / name / "latest.ckpt", args.samples, out / f"{name}_samples", "--no_per_image")
+    score = score_command(out / f"{name}_samples" / "samples.npz", args.data_dir)
+    return train, [str(c) for c in sample], [str(c) for c in score]
 
 
 def run_row(name, args, out, core):
@@ -81,7 +81,7 @@ def run_row(name, args, out, core):
         if what == "train":
             result["steps"] = _last_step(proc.stdout)
         if what == "score":
-            scores = json.loads(proc.stdout[proc.stdout.index("{"):])
+            scores = parse_scores(proc.stdout)
             (out / f"{name}_eval.json").write_text(json.dumps(scores, indent=2))
             result.update({k: scores[k] for k in ("fid", "kid_mean", "precision", "recall", "min_class_fraction")})
     result["command"] = " ".join(train)
@@ -90,7 +90,6 @@ def run_row(name, args, out, core):
 
 def _last_step(stdout):
     """The step of the trainer's last line, "stopped at step N: ..."."""
-    import re
     steps = re.findall(r"stopped at step (\d+)", stdout)
     return int(steps[-1]) if steps else None
 
@@ -101,8 +100,7 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=300)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from: {', '.join(ROWS)}")
     p.add_argument("--config", default="configs/fashion_mnist_cpu.yaml", help="the base recipe")
-    p.add_argument("--data_dir", default=os.environ.get("DDPM_MS_DATA", str(ROOT.parent / "shared" / "data"))
-                   + "/fashion-mnist")
+    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
     p.add_argument("--out", default="runs/screen")
     p.add_argument("--parallel", type=int, default=min(2, os.cpu_count() or 1),
                    help="rows at a time, each pinned to its own core (1: one row on the whole machine)")
