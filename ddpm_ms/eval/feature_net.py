@@ -60,16 +60,18 @@ class FeatureNetError(Exception):
     """Missing/invalid data or checkpoint; the message is one line saying what to do."""
 
 
-def _conv(cin, cout):
-    """3x3 conv, padding 1, with bias (MindSpore's Conv2d defaults to 'same' without bias). In a
-    CPU process that left oneDNN uncapped for a matmul-conv U-Net (the final grid's FID inside
-    train.py), oneDNN's conv kernel is its reference one: scoring 10,000 test images took 5
-    minutes on one core. There the convs run as unfold + matmul (same parameters)."""
+def _conv_class():
+    """nn.Conv2d, or in a CPU process that left oneDNN uncapped for a matmul-conv U-Net (the final
+    grid's FID inside train.py) MatmulConv2d with the same parameters: oneDNN's conv kernel is its
+    reference one there, and scoring 10,000 test images took 5 minutes on one core."""
     from ..convs import MatmulConv2d
     from ..cpu_env import onednn_convs_slow
     from ..runtime import current_device_target
-    on_cpu = current_device_target() == "CPU"
-    cls = MatmulConv2d if on_cpu and onednn_convs_slow() else nn.Conv2d
+    return MatmulConv2d if current_device_target() == "CPU" and onednn_convs_slow() else nn.Conv2d
+
+
+def _conv(cls, cin, cout):
+    # MindSpore's Conv2d defaults to pad_mode='same' without bias; be explicit.
     return cls(cin, cout, 3, pad_mode="pad", padding=1, has_bias=True)
 
 
@@ -78,10 +80,11 @@ class FashionCNN(nn.Cell):
 
     def __init__(self, num_classes=10):
         super().__init__()
+        conv = _conv_class()
         self.body = nn.SequentialCell([
-            _conv(1, 32), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2, 2),     # 14x14
-            _conv(32, 64), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2, 2),    # 7x7
-            _conv(64, 128), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2, 2),  # 3x3: keeps the file < 1 MB
+            _conv(conv, 1, 32), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2, 2),     # 14x14
+            _conv(conv, 32, 64), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2, 2),    # 7x7
+            _conv(conv, 64, 128), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2, 2),  # 3x3: keeps the file < 1 MB
             nn.Flatten(), nn.Dense(128 * 3 * 3, FEATURE_DIM), nn.ReLU(),
         ])
         self.head = nn.Dense(FEATURE_DIM, num_classes)
