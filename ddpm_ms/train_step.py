@@ -143,11 +143,6 @@ def _adamw_update(lr, wd, b1, b2, eps, bc1, bc2, decay, w, m, v, g):
     return ops.depend(_assign(w, w_new), done)
 
 
-def _decays(param):
-    """nn.AdamWeightDecay's default filter: no decay on norm scales and shifts (gamma, beta)."""
-    return "beta" not in param.name and "gamma" not in param.name
-
-
 class AdamW(nn.Optimizer):
     """Adam with decoupled weight decay (Loshchilov and Hutter 2019), torch.optim.AdamW's update:
     m, v as Adam; w <- w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) - lr * wd * w.
@@ -160,13 +155,14 @@ class AdamW(nn.Optimizer):
     """
 
     def __init__(self, params, learning_rate, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
-        super().__init__(learning_rate, params)
+        # the base class keeps weight_decay as a tensor and decay_flags (no decay on names with
+        # gamma or beta); its decay_weight (an L2 term on the gradients) is not called here
+        super().__init__(learning_rate, params, weight_decay)
         self.b1, self.b2 = Tensor(beta1, ms.float32), Tensor(beta2, ms.float32)
-        self.eps, self.wd = Tensor(eps, ms.float32), Tensor(weight_decay, ms.float32)
+        self.eps = Tensor(eps, ms.float32)
         self.moment1 = self._parameters.clone(prefix="adamw_m", init="zeros")
         self.moment2 = self._parameters.clone(prefix="adamw_v", init="zeros")
         self.step_count = Parameter(Tensor(0.0, ms.float32), name="adamw_step", requires_grad=False)
-        self.decay_mask = tuple(_decays(p) for p in self._parameters)
 
     def construct(self, gradients):
         lr = self.get_lr()   # lrs[global_step]; advancing global_step is the subclass's job (as nn.Adam)
@@ -174,8 +170,8 @@ class AdamW(nn.Optimizer):
         t = self.step_count + 1.0
         t = ops.depend(t, _assign(self.step_count, t))
         bc1, bc2 = 1.0 - ops.pow(self.b1, t), 1.0 - ops.pow(self.b2, t)
-        return self.hyper_map(ops.partial(_adamw_op, lr, self.wd, self.b1, self.b2, self.eps, bc1, bc2),
-                              self.decay_mask, self._parameters, self.moment1, self.moment2, gradients)
+        return self.hyper_map(ops.partial(_adamw_op, lr, self.weight_decay, self.b1, self.b2, self.eps, bc1, bc2),
+                              self.decay_flags, self._parameters, self.moment1, self.moment2, gradients)
 
 
 def legacy_optimizer_state(tensors):
