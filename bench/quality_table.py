@@ -11,9 +11,17 @@ DPM-Solver++(2M) at each call count, 1,000 samples per cell, plus DDPM-1000 at 5
         --data_dir data/fashion-mnist --calls 5 10 20 50 100 --ddpm_samples 500
 
 writes ``<out>/calls.md`` and ``<out>/calls.png`` (FID and KID against calls) besides the
-files below. Every sampler makes one network call per step.
+files below. Every sampler makes one network call per step. ``--spacing`` picks the timestep
+grid of every row that does not name one (default: the checkpoint's).
+
+The timestep grid at a few step counts (DDIM eta 0 and DPM-Solver++(2M) on the leading,
+trailing and linspace grids), written to ``<out>/grid.md``:
+
+    python bench/quality_table.py --ckpt runs/fashion_mnist/latest.ckpt \
+        --data_dir data/fashion-mnist --grid 10 20
 
 Each row ``ddimS:ETA``, ``dpmpp2mS`` (DPM-Solver++(2M), S steps) or ``ddpm`` (all T steps)
+(any of them may end in ``@leading``, ``@trailing`` or ``@linspace``: the timestep grid)
 draws ``--num_samples`` images from the
 checkpoint's EMA weights with the same seed (so every row starts from the same x_T), writes
 them to ``<out>/<row>/samples.npz``, and scores them against the Fashion-MNIST test split
@@ -21,7 +29,8 @@ with ``ddpm_ms.eval.evaluate``'s metrics on the project's classifier features (F
 precision/recall, k = 3). A row whose samples.npz already holds enough images is scored
 without sampling again, so an interrupted table resumes where it stopped. A ``real`` row
 scores ``--num_samples`` training images against the same reference: the FID floor for
-that sample count.
+that sample count. Two processes may share ``--out`` with different ``--rows`` (one per
+core); each re-reads results.jsonl before adding its row.
 
 Writes ``<out>/results.jsonl`` (one line per row, newest wins) and ``<out>/table.md`` (FID
 with eta as rows and steps as columns, then every metric and the sampling time per row).
@@ -63,9 +72,54 @@ def parse_row(text):
                          "(e.g. dpmpp2m10), ddpm or real") from None
 
 
-def calls_rows(calls):
+GRID_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def split_spacing(text):
+    """'ddim10:0@trailing' -> ('ddim10:0', 'trailing'); 'ddim10:0' -> ('ddim10:0', None)."""
+    base, at, spacing = text.partition("@")
+    if at and spacing not in GRID_SPACINGS + ("lucid",):
+        raise SystemExit(f"error: bad timestep grid in row {text!r}; use one of "
+                         f"{', '.join(GRID_SPACINGS + ('lucid',))}")
+    return base, (spacing if at else None)
+
+
+def with_spacing(row, spacing):
+    return f"{row}@{spacing}" if spacing else row
+
+
+def calls_rows(calls, spacing=None):
     """The rows of the quality-against-calls mode: DDIM eta 0, DDIM eta 1, DPM-Solver++(2M)."""
-    return [row for n in calls for row in (f"ddim{n}:0", f"ddim{n}:1", f"dpmpp2m{n}")]
+    return [with_spacing(row, spacing) for n in calls for row in (f"ddim{n}:0", f"ddim{n}:1", f"dpmpp2m{n}")]
+
+
+def grid_rows(steps):
+    """The rows of the timestep-grid mode: DDIM eta 0 and DPM-Solver++(2M) on each grid."""
+    return [with_spacing(row, sp) for n in steps for row in (f"ddim{n}:0", f"dpmpp2m{n}") for sp in GRID_SPACINGS]
+
+
+def render_grid(results, steps, meta):
+    """Markdown: one row per (sampler, steps), one column per timestep grid, cells 'FID / KID';
+    the best FID of each row in bold."""
+    lines = [f"Checkpoint `{meta['ckpt']}` (step {meta['step']}, EMA weights), n = {meta['num_samples']} "
+             f"per cell against {meta['num_ref']} Fashion-MNIST test images, classifier features. Same "
+             "x_T in every cell. Cells: FID / KID (lower is better); `-` = not run.", "",
+             "| sampler | calls | " + " | ".join(GRID_SPACINGS) + " |", "|---|--:|" + "---|" * len(GRID_SPACINGS)]
+    for n in steps:
+        for sampler, label in (("ddim", "DDIM eta 0"), ("dpmpp2m", "DPM-Solver++(2M)")):
+            hits = {sp: r for r in results.values() for sp in GRID_SPACINGS
+                    if r["sampler"] == sampler and r["steps"] == n and r.get("spacing") == sp
+                    and (sampler != "ddim" or r["eta"] == 0)}
+            best = min(hits, key=lambda sp: hits[sp]["fid"]) if hits else None
+            cells = []
+            for sp in GRID_SPACINGS:
+                if sp not in hits:
+                    cells.append("-")
+                    continue
+                text = f"{hits[sp]['fid']:.2f} / {hits[sp]['kid_mean']:.4f}"
+                cells.append(f"**{text}**" if sp == best else text)
+            lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def series(r):
@@ -77,16 +131,24 @@ def series(r):
     return f"DDIM eta {r['eta']:g}"
 
 
-def render_calls(results, calls, meta):
+def calls_results(results, calls, spacing=None):
+    """The results the calls table and figure show: DDIM and DPM-Solver++ rows at those call
+    counts (on the timestep grid ``spacing`` when given), and DDPM."""
+    return [r for r in results.values() if r["sampler"] == "ddpm" or (
+        r["sampler"] in ("ddim", "dpmpp2m") and r["steps"] in calls
+        and (spacing is None or r.get("spacing") == spacing))]
+
+
+def render_calls(results, calls, meta, spacing=None):
     """Markdown: one row per sampler, one column per network-call count, cells 'FID / KID'."""
-    gen = [r for r in results.values() if r["sampler"] in ("ddim", "dpmpp2m", "ddpm")
-           and (r["steps"] in calls or r["sampler"] == "ddpm")]
+    gen = calls_results(results, calls, spacing)
     names = sorted({series(r) for r in gen} - {"DDPM"})
     lines = [f"Checkpoint `{meta['ckpt']}` (step {meta['step']}, EMA weights) against "
              f"{meta['num_ref']} Fashion-MNIST test images, classifier features (sha256 "
              f"{meta['sha256'][:12]}). Every cell starts from the same x_T (seed {meta['seed']}: "
              "image k of every row has the same x_T). Cells: FID / KID (lower is better); "
-             "`-` = not run; n = samples per cell. Compare FID only at equal n.", "",
+             "`-` = not run; n = samples per cell. Compare FID only at equal n."
+             + (f" Timestep grid: {spacing}." if spacing else ""), "",
              "| sampler \\ network calls | n | " + " | ".join(str(c) for c in calls) + " |",
              "|---|--:|" + "--:|" * len(calls)]
     for name in names:
@@ -103,13 +165,12 @@ def render_calls(results, calls, meta):
     return "\n".join(lines) + "\n"
 
 
-def plot_calls(results, calls, path):
+def plot_calls(results, calls, path, spacing=None):
     """FID and KID against network calls (log x), one line per sampler; DDPM as a marker."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    gen = [r for r in results.values() if r["sampler"] in ("ddim", "dpmpp2m", "ddpm")
-           and (r["steps"] in calls or r["sampler"] == "ddpm")]
+    gen = calls_results(results, calls, spacing)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "fid", "FID (classifier features)"), (axes[1], "kid_mean", "KID")):
         for name in sorted({series(r) for r in gen}):
@@ -180,6 +241,11 @@ def main(argv=None):
     p.add_argument("--calls", nargs="+", type=int, default=None,
                    help="quality against network calls: rows ddimN:0 ddimN:1 dpmpp2mN for each N; "
                         "writes calls.md and calls.png")
+    p.add_argument("--grid", nargs="+", type=int, default=None,
+                   help="the timestep grid at these step counts: rows ddimN:0 and dpmpp2mN on the leading, "
+                        "trailing and linspace grids; writes grid.md")
+    p.add_argument("--spacing", choices=GRID_SPACINGS + ("lucid",), default=None,
+                   help="timestep grid of the rows that name none (default: the checkpoint's)")
     p.add_argument("--ddpm_samples", type=int, default=0,
                    help="with --calls: also a DDPM-1000 row with this many samples (e.g. 500)")
     p.add_argument("--num_samples", type=int, default=None, help="default 2000; 1000 with --calls")
@@ -189,12 +255,18 @@ def main(argv=None):
     p.add_argument("--classifier", default=None)
     args = p.parse_args(argv)
     if args.num_samples is None:
-        args.num_samples = 1000 if args.calls else 2000
-    names = (args.rows or ([] if args.calls else ["ddim10:0", "ddim10:1", "ddim20:0", "ddim20:1"]))
-    names = names + (calls_rows(args.calls) if args.calls else [])
-    rows = [(r,) + parse_row(r) + (args.num_samples,) for r in names]
+        args.num_samples = 1000 if (args.calls or args.grid) else 2000
+    names = args.rows or ([] if (args.calls or args.grid) else ["ddim10:0", "ddim10:1", "ddim20:0", "ddim20:1"])
+    names = [with_spacing(r, None if "@" in r else args.spacing) for r in names]
+    names = names + (grid_rows(args.grid) if args.grid else [])
+    names = names + (calls_rows(args.calls, args.spacing) if args.calls else [])
+    names = list(dict.fromkeys(names))          # a row named twice is drawn once
+    rows = []
+    for r in names:
+        base, spacing = split_spacing(r)
+        rows.append((r,) + parse_row(base) + (spacing, args.num_samples))
     if args.calls and args.ddpm_samples:
-        rows.append(("ddpm",) + parse_row("ddpm") + (args.ddpm_samples,))
+        rows.append(("ddpm",) + parse_row("ddpm") + (None, args.ddpm_samples))
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "quality")
     os.makedirs(out, exist_ok=True)
 
@@ -220,8 +292,8 @@ def main(argv=None):
     info = dict(ckpt=os.path.abspath(args.ckpt), step=int(meta["step"]), num_samples=args.num_samples,
                 num_ref=len(test), sha256=clf_info["sha256"], seed=args.seed)
 
-    for name, sampler, steps, eta, num_samples in rows:
-        row_dir = os.path.join(out, name.replace(":", "_eta"))
+    for name, sampler, steps, eta, spacing, num_samples in rows:
+        row_dir = os.path.join(out, name.replace(":", "_eta").replace("@", "_"))
         npz = os.path.join(row_dir, "samples.npz")
         secs = None
         if sampler == "real":
@@ -232,8 +304,10 @@ def main(argv=None):
             u8 = np.load(npz)["images"][:num_samples]
             secs = results.get(name, {}).get("sample_seconds")
         else:
-            opts = sampling_options(cfg, sampler, steps, eta if sampler == "ddim" else None)
-            print(f"[quality] {name}: {num_samples} samples, {opts['name']} {opts['num_steps']} steps"
+            opts = sampling_options(cfg, sampler, steps, eta if sampler == "ddim" else None,
+                                    spacing if sampler != "ddpm" else None)
+            print(f"[quality] {name}: {num_samples} samples, {opts['name']} {opts['num_steps']} steps, "
+                  f"{opts['spacing']} grid"
                   + ("" if opts["eta"] is None else f", eta {opts['eta']:g}"), flush=True)
             t0 = time.time()
             images = sample(net, make_sampler(schedule=schedule, **opts), num_samples, image_shape(cfg),
@@ -244,7 +318,10 @@ def main(argv=None):
             save_npz(npz, images=u8)
         m = evaluate_images(extract_features(clf, u8), real_f, seed=args.seed)
         steps = cfg["timesteps"] if sampler == "ddpm" else steps
-        results[name] = dict(row=name, sampler=sampler, steps=steps, eta=eta, num_samples=int(len(u8)),
+        spacing = None if sampler in ("ddpm", "real") else (spacing or cfg["spacing"])
+        results = load_results(results_path)     # re-read: another process may share this folder
+        results[name] = dict(row=name, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                             num_samples=int(len(u8)),
                              sample_seconds=secs, date=datetime.date.today().isoformat(), **m)
         with open(results_path + ".tmp", "w") as f:
             for r in results.values():
@@ -254,12 +331,16 @@ def main(argv=None):
             f.write(render(results, cfg["timesteps"], info))
         if args.calls:
             with open(os.path.join(out, "calls.md"), "w") as f:
-                f.write(render_calls(results, args.calls, info))
-            plot_calls(results, args.calls, os.path.join(out, "calls.png"))
+                f.write(render_calls(results, args.calls, info, args.spacing))
+            plot_calls(results, args.calls, os.path.join(out, "calls.png"), args.spacing)
+        if args.grid:
+            with open(os.path.join(out, "grid.md"), "w") as f:
+                f.write(render_grid(results, args.grid, info))
         print(f"[quality] {name}: FID {m['fid']:.2f}, KID {m['kid_mean']:.4f}, precision "
               f"{m['precision']:.3f}, recall {m['recall']:.3f}"
               + (f", {secs:.0f} s sampling" if secs else ""), flush=True)
-    print(open(os.path.join(out, "calls.md" if args.calls else "table.md")).read())
+    for shown in (["grid.md"] if args.grid else []) + (["calls.md"] if args.calls else []) or ["table.md"]:
+        print(open(os.path.join(out, shown)).read())
     return 0
 
 
