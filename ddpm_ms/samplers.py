@@ -71,12 +71,20 @@ def generic_update(coefs, model_out, x, noise, clip_x0, last_x0=0.0):
     last_x0 may be 0.0); clip_x0: Python bool. The e_last term is added last, so a row with
     e_last = 0 gives bit for bit the 8-term result (x + 0.0 == x).
     """
-    pred_x0 = coefs.a * x + coefs.b * model_out
+    return linear_update(coefs.a, coefs.b, coefs.c, coefs.d, coefs.e, coefs.f, coefs.g, coefs.sigma,
+                         coefs.e_last, model_out, x, noise, clip_x0, last_x0)
+
+
+def linear_update(a, b, c, d, e, f, g, sigma, e_last, model_out, x, noise, clip_x0, last_x0=0.0):
+    """``generic_update`` with the nine coefficients as separate arguments: the form a compiled
+    step calls, because building a ``Coefs`` named tuple inside a MindSpore graph falls back to
+    Python on the host (PyExecute nodes, found by ``ddpm_ms.lint_graph``)."""
+    pred_x0 = a * x + b * model_out
     if clip_x0:
         pred_x0 = pred_x0.clip(-1.0, 1.0)
-    eps = coefs.c * x + coefs.d * pred_x0
-    x_prev = coefs.e * pred_x0 + coefs.f * eps + coefs.g * x + coefs.sigma * noise
-    x_prev = x_prev + coefs.e_last * last_x0
+    eps = c * x + d * pred_x0
+    x_prev = e * pred_x0 + f * eps + g * x + sigma * noise
+    x_prev = x_prev + e_last * last_x0
     return x_prev, pred_x0
 
 

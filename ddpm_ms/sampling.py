@@ -32,7 +32,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .config import ConfigError
-from .samplers import COEF_NAMES, Coefs, DDIMInverter, generic_update
+from .samplers import COEF_NAMES, DDIMInverter, linear_update
 
 
 class SamplingStep(nn.Cell):
@@ -40,10 +40,10 @@ class SamplingStep(nn.Cell):
 
     x, noise, last_x0: float32 [B, C, H, W] (last_x0: the previous step's pred_x0, or zeros);
     i: int32 scalar tensor; coefs: float32 [R, 9], one tensor whose columns are the
-    ``samplers.Coefs`` fields in ``COEF_NAMES`` order (row i is unpacked into a ``Coefs``);
+    ``samplers.Coefs`` fields in ``COEF_NAMES`` order (row i gives ``linear_update`` its nine coefficients);
     timesteps: int32 [R]. The network is called as network(x, t) with t int32 [B] =
     timesteps[i]; its output (any float dtype) is cast to float32 and fed to
-    ``generic_update`` with row i:
+    ``linear_update`` (``generic_update``'s form) with row i:
 
         pred_x0 = a x + b out  (clipped to [-1, 1] when clip_x0)
         eps     = c x + d pred_x0
@@ -60,8 +60,10 @@ class SamplingStep(nn.Cell):
         t = ops.gather(timesteps, i, 0)          # scalar
         t_batch = ops.broadcast_to(t.reshape((1,)), (x.shape[0],))
         out = self.network(x, t_batch).astype(ms.float32)
-        return generic_update(Coefs(*[row[k] for k in range(len(COEF_NAMES))]), out, x, noise,
-                              self.clip_x0, last_x0)
+        # the nine columns as separate arguments (COEF_NAMES order): a Coefs tuple built here
+        # would run on the host as a Python fallback at every step
+        return linear_update(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8],
+                             out, x, noise, self.clip_x0, last_x0)
 
 
 def step_tables(sampler):

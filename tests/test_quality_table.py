@@ -103,3 +103,49 @@ def test_plot_calls_writes_a_figure(tmp_path):
         assert img.size == (1000, 400)
         pixels = np.asarray(img.convert("RGB"))
     assert pixels.std() > 10      # not blank: axes, three lines and a marker
+
+
+def test_rows_name_their_timestep_grid():
+    assert qt.split_spacing("ddim10:0@trailing") == ("ddim10:0", "trailing")
+    assert qt.split_spacing("dpmpp2m20") == ("dpmpp2m20", None)
+    with pytest.raises(SystemExit, match="bad timestep grid"):
+        qt.split_spacing("ddim10:0@middle")
+    assert qt.calls_rows([5], "linspace") == ["ddim5:0@linspace", "ddim5:1@linspace", "dpmpp2m5@linspace"]
+    assert qt.grid_rows([10]) == ["ddim10:0@leading", "ddim10:0@trailing", "ddim10:0@linspace",
+                                  "dpmpp2m10@leading", "dpmpp2m10@trailing", "dpmpp2m10@linspace"]
+
+
+def _grid_results():
+    fids = {("ddim", "leading"): 40.0, ("ddim", "trailing"): 30.0, ("ddim", "linspace"): 35.0,
+            ("dpmpp2m", "leading"): 20.0, ("dpmpp2m", "trailing"): 25.0}        # dpmpp2m linspace not run
+    rows = []
+    for (sampler, sp), fid in fids.items():
+        name = f"{sampler}10{':0' if sampler == 'ddim' else ''}@{sp}"
+        r = _row(name, sampler, 10, 0.0 if sampler == "ddim" else None, fid, n=1000)
+        rows.append(dict(r, spacing=sp))
+    # same sampler and steps on the trailing grid but eta 1: not a DDIM eta 0 cell
+    rows.append(dict(_row("ddim10:1@trailing", "ddim", 10, 1.0, 1.0, n=1000), spacing="trailing"))
+    return {r["row"]: r for r in rows}
+
+
+def test_render_grid_marks_the_best_spacing_per_row():
+    meta = dict(ckpt="x.ckpt", step=2515, num_samples=1000, num_ref=10000, sha256="ab" * 32, seed=0)
+    lines = qt.render_grid(_grid_results(), [10, 20], meta).splitlines()
+    assert "| sampler | calls | leading | trailing | linspace |" in lines
+    assert "| DDIM eta 0 | 10 | 40.00 / 0.0100 | **30.00 / 0.0100** | 35.00 / 0.0100 |" in lines
+    assert "| DPM-Solver++(2M) | 10 | **20.00 / 0.0100** | 25.00 / 0.0100 | - |" in lines
+    assert "| DDIM eta 0 | 20 | - | - | - |" in lines
+
+
+def test_calls_table_keeps_one_timestep_grid():
+    results = _grid_results()
+    results["ddpm"] = dict(_row("ddpm", "ddpm", 1000, 1.0, 3.5, n=500), spacing=None)
+    meta = dict(ckpt="x.ckpt", step=2515, num_samples=1000, num_ref=10000, sha256="ab" * 32, seed=0)
+    lines = qt.render_calls(results, [10], meta, "trailing").splitlines()
+    assert "| DDIM eta 0 | 1000 | 30.00 / 0.0100 |" in lines
+    assert "| DDIM eta 1 | 1000 | 1.00 / 0.0100 |" in lines
+    assert "| DPM-Solver++(2M) | 1000 | 25.00 / 0.0100 |" in lines
+    assert "DDPM (1000 calls, n = 500): FID 3.50 / KID 0.0100." in lines
+    assert "Timestep grid: trailing." in lines[0]
+    assert sorted(r["row"] for r in qt.calls_results(results, [10], "leading")) == [
+        "ddim10:0@leading", "ddpm", "dpmpp2m10@leading"]
