@@ -15,6 +15,8 @@ from .files import atomic_write
 
 FORMAT_VERSION = 1
 EMA_PREFIX = "ema."
+# an imported optimizer (python -m ddpm_ms.convert): import_adam.m.<name>, import_adam.v.<name>, import_adam.step
+IMPORT_ADAM = "import_adam."
 WEIGHTS = ("ema", "raw")  # which weight set to load: the EMA copy or the trained weights
 META_KEYS = ("step", "epoch", "config_json", "format_version", "kind")
 

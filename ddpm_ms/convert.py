@@ -181,6 +181,37 @@ def infer_diffusion(buffers):
 
 
 # ------------------------------------------------------------------------------- loading
+def torch_adam_state(data, unet_sd):
+    """The library Trainer's Adam state ('opt': torch.optim.Adam's state_dict) matched to the U-Net's
+    parameter names, as ({name: (exp_avg, exp_avg_sq)}, step, betas), or (None, reason).
+
+    torch numbers the parameters in ``diffusion.parameters()`` order, which is the order of the
+    'model.*' entries of its state dict (the U-Net has no buffers); every moment must have its
+    parameter's shape, and every parameter the same step, or nothing is imported."""
+    opt = data.get("opt")
+    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not opt.get("param_groups"):
+        return None, "the file has no Adam state ('opt')"
+    groups = opt["param_groups"]
+    if len(groups) != 1:
+        return None, f"its optimizer has {len(groups)} parameter groups, not the Trainer's one"
+    ids, names = list(groups[0]["params"]), list(unet_sd)
+    if len(ids) != len(names):
+        return None, f"its optimizer holds {len(ids)} parameters for the U-Net's {len(names)}"
+    moments, steps = {}, set()
+    for idx, name in zip(ids, names):
+        state = opt["state"].get(idx) or {}
+        m, v = state.get("exp_avg"), state.get("exp_avg_sq")
+        if m is None or v is None or "step" not in state:
+            return None, f"no Adam moments for '{name}' (the optimizer has not stepped)"
+        if tuple(m.shape) != tuple(unet_sd[name].shape) or tuple(v.shape) != tuple(unet_sd[name].shape):
+            return None, f"the Adam moments of '{name}' have shape {tuple(m.shape)}, the parameter {tuple(unet_sd[name].shape)}"
+        moments[name] = (np.asarray(m, np.float32), np.asarray(v, np.float32))
+        steps.add(int(np.asarray(state["step"]).item()))
+    if len(steps) != 1:
+        return None, f"its parameters are at different Adam steps {sorted(steps)}"
+    return (moments, steps.pop(), tuple(float(b) for b in groups[0].get("betas", (0.9, 0.999)))), None
+
+
 def load_lucid_weights(net, sd, where="checkpoint"):
     """Copy the library's U-Net state dict ``sd`` (names without 'model.') into ``net`` (a LucidUNet).
 
@@ -209,7 +240,8 @@ def convert(pt_path, out_path, overrides=None, yaml_values=None):
     """Convert ``pt_path`` into the ddpm_ms checkpoint ``out_path`` (+ its config as ``.yaml``).
 
     overrides / yaml_values: ddpm_ms config keys given by the user (CLI over YAML); the keys the
-    file determines must agree with it. Returns (config, step)."""
+    file determines must agree with it. Returns (config, step, has_ema, adam) with adam the Adam
+    step imported, or the reason none was (a string)."""
     from . import checkpoint as ckpt
     from .unet import build_unet
     data = read_torch_checkpoint(pt_path)
@@ -221,6 +253,9 @@ def convert(pt_path, out_path, overrides=None, yaml_values=None):
                "grad_clip": 1.0, "loss_type": "l2", "loss_weight": "none", "clip_x0": True, "spacing": "lucid", "sampler": "ddpm",
                "random_flip": True, "channels": from_file["channels"]}
     library["dataset"] = "image_folder" if from_file["channels"] == 3 else "fashion_mnist"
+    adam, why_not = torch_adam_state(data, unet_sd)
+    if adam is not None:                      # the betas its moments were made with
+        library["adam_beta1"], library["adam_beta2"] = adam[2]
     if "timesteps" in from_file:
         library["sample_steps"] = min(50, from_file["timesteps"])
     for source in (yaml_values, overrides):
@@ -250,9 +285,15 @@ def convert(pt_path, out_path, overrides=None, yaml_values=None):
     if ema_net is not None:
         load_lucid_weights(ema_net, ema_sd, f"{pt_path} (ema)")
         items += [(ckpt.EMA_PREFIX + name, p) for name, p in ckpt.named(ema_net)]
+    if adam is not None:
+        import mindspore as ms
+        moments, adam_step, _ = adam
+        for name, (m, v) in moments.items():
+            items += [(f"{ckpt.IMPORT_ADAM}m.{name}", ms.Tensor(m)), (f"{ckpt.IMPORT_ADAM}v.{name}", ms.Tensor(v))]
+        items.append((ckpt.IMPORT_ADAM + "step", ms.Tensor(np.array(adam_step, np.int32))))
     ckpt.save(out_path, items, step, cfg, kind="import")
     save_config(cfg, os.path.splitext(out_path)[0] + ".yaml")
-    return cfg, step, ema_net is not None
+    return cfg, step, ema_net is not None, adam[1] if adam is not None else why_not
 
 
 # ------------------------------------------------------------------------------- command line
@@ -280,7 +321,7 @@ def main(argv=None):
         quiet_mindspore()
         import mindspore as ms
         ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
-        cfg, step, has_ema = convert(pt, out, args, yaml_values)
+        cfg, step, has_ema, adam = convert(pt, out, args, yaml_values)
     except (ConvertError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -289,6 +330,11 @@ def main(argv=None):
           f"{cfg['dim']}, dim_mults {cfg['dim_mults']}, {cfg['image_size']}x{cfg['image_size']}x{cfg['channels']}; "
           f"T={cfg['timesteps']} {cfg['beta_schedule']}, objective {cfg['objective']}, loss_weight "
           f"{cfg['loss_weight']}; sampler {cfg['sampler']}", flush=True)
+    if isinstance(adam, int):
+        print(f"[ddpm_ms] Adam moments imported (Adam step {adam}, betas {cfg['adam_beta1']}, {cfg['adam_beta2']}): "
+              "--resume continues the library's optimizer", flush=True)
+    else:
+        print(f"[ddpm_ms] no Adam state imported: {adam}; --resume starts the optimizer afresh", flush=True)
     return 0
 
 

@@ -27,7 +27,7 @@ from .config import ConfigError, public, save_config
 from .losses import DiffusionLoss
 from .runtime import current_device_target, resolve_jit_level, resolve_mode, set_seed
 from .schedule import build_schedule
-from .train_step import (EMA, LOSS_SCALE_COUNTER, LOSS_SCALE_VALUE, build_optimizer, clear_overflow_status,
+from .train_step import (EMA, LOSS_SCALE_COUNTER, LOSS_SCALE_VALUE, AdamW, build_optimizer, clear_overflow_status,
                          draw_t_noise, draw_t_noise_np, legacy_optimizer_state, lr_schedule, make_accum_steps,
                          make_loss_scaler, make_train_step)
 from .unet import ARCH_KEYS, build_unet, model_summary, set_compute_dtype
@@ -249,8 +249,12 @@ class Trainer:
         tensors, meta = loaded or ckpt.load(path)
         ckpt.check_compatible(meta["config"], self.cfg, ARCH_KEYS)
         ckpt.load_into(ckpt.named(self.net), tensors, where=path)
-        imported = meta.get("kind") == "import"    # python -m ddpm_ms.convert: weights, no optimizer state
-        if imported:
+        imported = meta.get("kind") == "import"    # python -m ddpm_ms.convert: weights, maybe Adam moments
+        if imported and ckpt.IMPORT_ADAM + "step" in tensors:
+            adam_step = self._load_imported_adam(tensors, path)
+            self.log(f"{path} holds imported weights and the library's Adam moments (Adam step {adam_step}); "
+                     "the EMA warm-up starts afresh")
+        elif imported:
             self.log(f"{path} holds imported weights only: the optimizer state and the EMA warm-up start afresh")
         else:
             ckpt.load_into(self._optimizer_state(), legacy_optimizer_state(tensors), where=path)
@@ -267,6 +271,22 @@ class Trainer:
         self.step = int(meta["step"])
         self.last_saved = (self.step, path)
         return int(meta.get("epoch", 0))
+
+    def _load_imported_adam(self, tensors, path):
+        """Put the library's Adam moments (``checkpoint.IMPORT_ADAM``) into this run's optimizer: m and v
+        per parameter, and the step count as nn.Adam's beta powers or AdamW's step. Returns the step."""
+        step = int(np.asarray(tensors[ckpt.IMPORT_ADAM + "step"].asnumpy()).reshape(-1)[0])
+        names = {id(p): name for name, p in ckpt.named(self.net)}
+        opt = self.optimizer
+        for p, m, v in zip(opt.parameters, opt.moment1, opt.moment2):
+            name = names[id(p)]
+            ckpt.load_into([(f"m.{name}", m), (f"v.{name}", v)], tensors, prefix=ckpt.IMPORT_ADAM, where=path)
+        if isinstance(opt, AdamW):
+            opt.step_count.set_data(Tensor(float(step), ms.float32))
+        else:   # nn.Adam: lr_t = lr sqrt(1 - b2^t) / (1 - b1^t) from its running beta powers
+            opt.beta1_power.set_data(Tensor(self.cfg["adam_beta1"] ** step, ms.float32))
+            opt.beta2_power.set_data(Tensor(self.cfg["adam_beta2"] ** step, ms.float32))
+        return step
 
     def find_resume(self):
         """(path, ckpt.load result) of the checkpoint to resume from, or (None, None).

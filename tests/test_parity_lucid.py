@@ -207,7 +207,7 @@ def converted(tmp_path_factory):
                                         beta_schedule="cosine", sampling_timesteps=20, min_snr_loss_weight=True,
                                         min_snr_gamma=4)
     ema_model = trainer_checkpoint(tmp / "model-3.pt", diffusion)
-    cfg, step, has_ema = convert(str(tmp / "model-3.pt"), str(tmp / "lucid.ckpt"),
+    cfg, step, has_ema, _ = convert(str(tmp / "model-3.pt"), str(tmp / "lucid.ckpt"),
                                  {"image_size": 16, "sampling_timesteps": 20})
     return dict(tmp=tmp, cfg=cfg, step=step, has_ema=has_ema, ema_model=ema_model.eval(), diffusion=diffusion)
 
@@ -359,11 +359,60 @@ def test_plain_state_dicts_convert_too(tmp_path, converted):
     diffusion settings as flags (and says which)."""
     diffusion = converted["diffusion"]
     torch.save(diffusion.state_dict(), tmp_path / "diffusion.pt")
-    cfg, step, has_ema = convert(str(tmp_path / "diffusion.pt"), str(tmp_path / "d.ckpt"), {"image_size": 16})
+    cfg, step, has_ema, adam = convert(str(tmp_path / "diffusion.pt"), str(tmp_path / "d.ckpt"), {"image_size": 16})
     assert (cfg["objective"], cfg["timesteps"], step, has_ema) == ("x0", 100, 0, False)
+    assert adam == "the file has no Adam state ('opt')"
     torch.save(diffusion.model.state_dict(), tmp_path / "unet.pt")
     with pytest.raises(ConvertError, match=r"does not say its objective: pass --objective"):
         convert(str(tmp_path / "unet.pt"), str(tmp_path / "u.ckpt"), {"image_size": 16})
-    cfg, _, _ = convert(str(tmp_path / "unet.pt"), str(tmp_path / "u.ckpt"),
+    cfg, _, _, _ = convert(str(tmp_path / "unet.pt"), str(tmp_path / "u.ckpt"),
                         {"image_size": 16, "objective": "v", "timesteps": 100, "beta_schedule": "cosine"})
     assert (cfg["dim"], cfg["dim_mults"], cfg["objective"], cfg["loss_weight"]) == (8, [1, 2, 4], "v", "none")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_the_library_adam_state_is_imported_and_resumed(tmp_path, optimizer):
+    """Three real Adam steps in the library; convert; resume in ddpm_ms: each parameter's m and v
+    are torch's exp_avg / exp_avg_sq under the same name, and the step count is carried (nn.Adam's
+    beta powers b^3, or AdamW's step 3), with the betas the library used."""
+    from ddpm_ms.config import read_yaml, resolve
+    from ddpm_ms.trainer import Trainer
+    torch.manual_seed(0)
+    tnet = torch_unet(8, (1, 2), 1, heads=2, head_dim=8, seed=5)
+    diffusion = lucid.GaussianDiffusion(tnet, image_size=8, timesteps=50)
+    opt = torch.optim.Adam(diffusion.parameters(), lr=1e-3, betas=(0.9, 0.99))
+    for _ in range(3):
+        opt.zero_grad()
+        diffusion(torch.rand(4, 1, 8, 8)).backward()
+        opt.step()
+    torch.save({"step": 3, "model": diffusion.state_dict(), "opt": opt.state_dict(), "ema": None,
+                "scaler": None, "version": "2.3.4"}, tmp_path / "model-3.pt")
+    cfg, step, has_ema, adam = convert(str(tmp_path / "model-3.pt"), str(tmp_path / "lucid.ckpt"), {"image_size": 8})
+    assert (step, has_ema, adam, cfg["adam_beta1"], cfg["adam_beta2"]) == (3, False, 3, 0.9, 0.99)
+
+    run_cfg = resolve(read_yaml(str(tmp_path / "lucid.yaml")),
+                      {"optimizer": optimizer, "dataset": "image_folder", "data_dir": str(tmp_path),
+                       "output_dir": str(tmp_path / "runs"), "device_target": "CPU", "mode": "pynative",
+                       "ema_decay": 0.0, "batch_size": 4})
+    lines = []
+    trainer = Trainer(run_cfg, log=lines.append)
+    trainer.setup(lambda epoch, skip: iter([]), 8)
+    trainer.restore(str(tmp_path / "lucid.ckpt"))
+    assert any("the library's Adam moments (Adam step 3)" in line for line in lines)
+    torch_names = [n for n, _ in diffusion.model.named_parameters()]
+    moments = {id(p): (m, v) for p, m, v in zip(trainer.optimizer.parameters, trainer.optimizer.moment1,
+                                                 trainer.optimizer.moment2)}
+    checked = 0
+    for name, p in ckpt.named(trainer.net):
+        state = opt.state[dict(diffusion.model.named_parameters())[name]]
+        m, v = moments[id(p)]
+        np.testing.assert_array_equal(m.asnumpy(), state["exp_avg"].numpy())
+        np.testing.assert_array_equal(v.asnumpy(), state["exp_avg_sq"].numpy())
+        assert np.abs(state["exp_avg"].numpy()).max() > 0
+        checked += 1
+    assert checked == len(torch_names)
+    if optimizer == "adamw":
+        assert float(trainer.optimizer.step_count.asnumpy()) == 3.0
+    else:
+        assert float(trainer.optimizer.beta1_power.asnumpy()) == pytest.approx(0.9 ** 3, rel=1e-6)
+        assert float(trainer.optimizer.beta2_power.asnumpy()) == pytest.approx(0.99 ** 3, rel=1e-6)
