@@ -206,3 +206,23 @@ def test_evaluate_cli_rgb_against_cifar10(capsys, tmp_path, he_ckpt):
     assert evaluate.main(["--samples", same] + args) == 0
     real_res = json.loads(capsys.readouterr().out)
     assert math.isfinite(real_res["fid"]) and real_res["fid"] < noise["fid"]
+
+
+def test_matmul_convs_where_onednn_convs_are_slow(he_ckpt, monkeypatch):
+    """In a process that left oneDNN uncapped (a matmul-conv RGB training run scoring its final
+    grid), every one of InceptionV3's convs is a MatmulConv2d with the same parameter names, and
+    the features are those of the native convs; the next build is native again."""
+    from ddpm_ms import cpu_env
+    from ddpm_ms.convs import MatmulConv2d
+    images = RNG.integers(0, 256, (2, 20, 20, 3), dtype=np.uint8)
+    native, _ = inc.load_inception(he_ckpt)
+    monkeypatch.setattr(cpu_env, "onednn_convs_slow", lambda *a, **k: True)
+    matmul, _ = inc.load_inception(he_ckpt)
+    convs = [c for _, c in matmul.cells_and_names() if isinstance(c, inc.BasicConv2d)]
+    assert len(convs) == 94 and all(isinstance(c.conv, MatmulConv2d) for c in convs)
+    assert [p.name for p in matmul.get_parameters()] == [p.name for p in native.get_parameters()]
+    f_native, f_matmul = inc.inception_features(native, images), inc.inception_features(matmul, images)
+    assert f_native.std() > 1e-3
+    np.testing.assert_allclose(f_matmul, f_native, rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(cpu_env, "onednn_convs_slow", lambda *a, **k: False)
+    assert not any(isinstance(c, MatmulConv2d) for _, c in inc.FIDInceptionV3().cells_and_names())

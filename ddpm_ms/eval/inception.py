@@ -46,12 +46,17 @@ def _pad4(padding):
     return (ph, ph, pw, pw)
 
 
+# The conv class BasicConv2d builds: nn.Conv2d, or MatmulConv2d (same parameters) while
+# FIDInceptionV3 is built in a CPU process whose oneDNN convs are slow (feature_net._conv_class).
+_CONV = [nn.Conv2d]
+
+
 class BasicConv2d(nn.Cell):
     """conv (no bias) -> batch norm (eps 1e-3, moving statistics) -> ReLU."""
 
     def __init__(self, cin, cout, kernel_size, stride=1, padding=0):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel_size, stride=stride, pad_mode="pad", padding=_pad4(padding),
+        self.conv = _CONV[0](cin, cout, kernel_size, stride=stride, pad_mode="pad", padding=_pad4(padding),
                               has_bias=False)
         self.bn = nn.BatchNorm2d(cout, eps=1e-3)
         self.relu = nn.ReLU()
@@ -188,6 +193,15 @@ class FIDInceptionV3(nn.Cell):
 
     def __init__(self):
         super().__init__()
+        from .feature_net import _conv_class
+        _CONV[0] = _conv_class()     # decided once for the 94 convs
+        try:
+            self._build()
+        finally:
+            _CONV[0] = nn.Conv2d
+        self.set_train(False)
+
+    def _build(self):
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
@@ -206,7 +220,6 @@ class FIDInceptionV3(nn.Cell):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280, last=False)
         self.Mixed_7c = InceptionE(2048, last=True)
-        self.set_train(False)
 
     def construct(self, x):
         x = ops.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
