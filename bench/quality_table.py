@@ -27,7 +27,8 @@ checkpoint's EMA weights with the same seed (so every row starts from the same x
 them to ``<out>/<row>/samples.npz``, and scores them against the Fashion-MNIST test split
 with ``ddpm_ms.eval.evaluate``'s metrics on the project's classifier features (FID, KID,
 precision/recall, k = 3). A row whose samples.npz already holds enough images is scored
-without sampling again, so an interrupted table resumes where it stopped. A ``real`` row
+without sampling again, and a row already in results.jsonl with as many samples (and the same
+classifier) is not even scored again, so an interrupted table resumes where it stopped. A ``real`` row
 scores ``--num_samples`` training images against the same reference: the FID floor for
 that sample count. Two processes may share ``--out`` with different ``--rows`` (one per
 core); each re-reads results.jsonl before adding its row.
@@ -75,6 +76,11 @@ def parse_row(text):
 GRID_SPACINGS = ("leading", "trailing", "linspace")
 
 
+def _kid(value):
+    """KID for a table cell: 4 decimals below 1, 2 above (this project's classifier features give KIDs of ~60)."""
+    return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"
+
+
 def split_spacing(text):
     """'ddim10:0@trailing' -> ('ddim10:0', 'trailing'); 'ddim10:0' -> ('ddim10:0', None)."""
     base, at, spacing = text.partition("@")
@@ -116,7 +122,7 @@ def render_grid(results, steps, meta):
                 if sp not in hits:
                     cells.append("-")
                     continue
-                text = f"{hits[sp]['fid']:.2f} / {hits[sp]['kid_mean']:.4f}"
+                text = f"{hits[sp]['fid']:.2f} / {_kid(hits[sp]['kid_mean'])}"
                 cells.append(f"**{text}**" if sp == best else text)
             lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -157,11 +163,11 @@ def render_calls(results, calls, meta, spacing=None):
         cells = []
         for c in calls:
             hit = [r for r in mine if r["steps"] == c]
-            cells.append(f"{hit[0]['fid']:.2f} / {hit[0]['kid_mean']:.4f}" if hit else "-")
+            cells.append(f"{hit[0]['fid']:.2f} / {_kid(hit[0]['kid_mean'])}" if hit else "-")
         lines.append(f"| {name} | {'/'.join(map(str, ns))} | " + " | ".join(cells) + " |")
     for r in (r for r in gen if r["sampler"] == "ddpm"):
         lines += ["", f"DDPM ({r['steps']} calls, n = {r['num_samples']}): FID {r['fid']:.2f} / "
-                      f"KID {r['kid_mean']:.4f}."]
+                      f"KID {_kid(r['kid_mean'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -232,6 +238,19 @@ def render(results, timesteps, meta):
     return "\n".join(lines) + "\n"
 
 
+def write_reports(results, args, info, timesteps, out):
+    """table.md always; calls.md + calls.png with --calls; grid.md with --grid."""
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(render(results, timesteps, info))
+    if args.calls:
+        with open(os.path.join(out, "calls.md"), "w") as f:
+            f.write(render_calls(results, args.calls, info, args.spacing))
+        plot_calls(results, args.calls, os.path.join(out, "calls.png"), args.spacing)
+    if args.grid:
+        with open(os.path.join(out, "grid.md"), "w") as f:
+            f.write(render_grid(results, args.grid, info))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True)
@@ -296,6 +315,11 @@ def main(argv=None):
         row_dir = os.path.join(out, name.replace(":", "_eta").replace("@", "_"))
         npz = os.path.join(row_dir, "samples.npz")
         secs = None
+        done = results.get(name)
+        if (done and done.get("num_samples") == num_samples and done.get("sha256", info["sha256"]) == info["sha256"]
+                and (sampler == "real" or os.path.isfile(npz))):
+            print(f"[quality] {name}: scored before (results.jsonl), FID {done['fid']:.2f}", flush=True)
+            continue
         if sampler == "real":
             train, _ = load_fashion_mnist(args.data_dir, "train")
             pick = np.random.default_rng(args.seed).choice(len(train), num_samples, replace=False)
@@ -321,24 +345,17 @@ def main(argv=None):
         spacing = None if sampler in ("ddpm", "real") else (spacing or cfg["spacing"])
         results = load_results(results_path)     # re-read: another process may share this folder
         results[name] = dict(row=name, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
-                             num_samples=int(len(u8)),
+                             num_samples=int(len(u8)), sha256=info["sha256"],
                              sample_seconds=secs, date=datetime.date.today().isoformat(), **m)
         with open(results_path + ".tmp", "w") as f:
             for r in results.values():
                 f.write(json.dumps(r) + "\n")
         os.replace(results_path + ".tmp", results_path)
-        with open(os.path.join(out, "table.md"), "w") as f:
-            f.write(render(results, cfg["timesteps"], info))
-        if args.calls:
-            with open(os.path.join(out, "calls.md"), "w") as f:
-                f.write(render_calls(results, args.calls, info, args.spacing))
-            plot_calls(results, args.calls, os.path.join(out, "calls.png"), args.spacing)
-        if args.grid:
-            with open(os.path.join(out, "grid.md"), "w") as f:
-                f.write(render_grid(results, args.grid, info))
+        write_reports(results, args, info, cfg["timesteps"], out)
         print(f"[quality] {name}: FID {m['fid']:.2f}, KID {m['kid_mean']:.4f}, precision "
               f"{m['precision']:.3f}, recall {m['recall']:.3f}"
               + (f", {secs:.0f} s sampling" if secs else ""), flush=True)
+    write_reports(load_results(results_path), args, info, cfg["timesteps"], out)
     for shown in (["grid.md"] if args.grid else []) + (["calls.md"] if args.calls else []) or ["table.md"]:
         print(open(os.path.join(out, shown)).read())
     return 0
