@@ -107,10 +107,14 @@ DEFAULTS = {
     "inception_ckpt": ("", str, "InceptionV3 FID weights (python -m ddpm_ms.eval.inception convert) for the "
                                 "FID of an RGB run's final grid; Fashion-MNIST runs use the shipped classifier"),
     # sampling
-    "sampler": ("ddim", str, "ddpm | ddim | naive | dpmpp2m (DPM-Solver++(2M), no eta)"),
-    "sample_steps": (50, int, "sampler steps (ddim / naive / dpmpp2m)"),
+    # dpmpp2m, 20 steps, trailing: the best of bench/quality_table.py's calls table (BENCHMARKS.md,
+    # "Quality against network calls"): FID 94.6 at 20 calls against DDIM's 100.3 at 50
+    "sampler": ("dpmpp2m", str, "ddpm | ddim | naive | dpmpp2m (DPM-Solver++(2M), no eta)"),
+    "sample_steps": (20, int, "sampler steps (ddim / naive / dpmpp2m)"),
     "eta": (0.0, float, "DDIM eta in [0, 1] (0 = deterministic, 1 = DDPM-like)"),
-    "spacing": ("leading", str, "leading | trailing | linspace | lucid (trunc(linspace(-1, T-1, S+1)), "
+    # trailing starts at t = T-1, the noise level x_T really has (Lin et al. 2023); it scored
+    # best or within 0.5 FID of best for DDIM and DPM-Solver++ at 10 and 20 steps (BENCHMARKS.md)
+    "spacing": ("trailing", str, "leading | trailing | linspace | lucid (trunc(linspace(-1, T-1, S+1)), "
                                 "denoising-diffusion-pytorch's) timestep grid"),
     "clip_x0": (True, bool, "clip predicted x0 to [-1, 1]"),
     # scale-out

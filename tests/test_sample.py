@@ -448,6 +448,7 @@ def test_reverse_and_interpolate_pictures(tiny_ckpt, tiny_net, tmp_path):
                             "--steps", "4", "--out", str(tmp_path / "interp.png")])
     assert images.shape == (3, 1, 8, 8) and (tmp_path / "interp.png").stat().st_size > 0
     net, cfg = tiny_net
-    end = sample(net, DDIMSampler(NoiseSchedule("linear", 50), 4, eta=0.0, clip_x0=cfg["clip_x0"]), 1, SHAPE,
+    end = sample(net, DDIMSampler(NoiseSchedule("linear", 50), 4, eta=0.0, spacing=cfg["spacing"],
+                                  clip_x0=cfg["clip_x0"]), 1, SHAPE,
                  seed=4, progress=False)
     np.testing.assert_allclose(images[-1:], end, atol=1e-5)
