@@ -182,7 +182,9 @@ def plot_calls(results, calls, path, spacing=None):
         for name in sorted({series(r) for r in gen}):
             mine = sorted((r for r in gen if series(r) == name), key=lambda r: r["steps"])
             style = "*" if name == "DDPM" else "o-"
-            ax.plot([r["steps"] for r in mine], [r[key] for r in mine], style, label=name)
+            ns = sorted({r["num_samples"] for r in mine})
+            legend = name if name != "DDPM" else f"DDPM (n = {'/'.join(map(str, ns))}; FID is higher at small n)"
+            ax.plot([r["steps"] for r in mine], [r[key] for r in mine], style, label=legend)
         ax.set_xscale("log")
         ax.set_xlabel("network calls")
         ax.set_ylabel(label)
@@ -330,8 +332,8 @@ def main(argv=None):
         else:
             opts = sampling_options(cfg, sampler, steps, eta if sampler == "ddim" else None,
                                     spacing if sampler != "ddpm" else None)
-            print(f"[quality] {name}: {num_samples} samples, {opts['name']} {opts['num_steps']} steps, "
-                  f"{opts['spacing']} grid"
+            print(f"[quality] {name}: {num_samples} samples, {opts['name']} {opts['num_steps']} steps"
+                  + ("" if sampler == "ddpm" else f", {opts['spacing']} grid")
                   + ("" if opts["eta"] is None else f", eta {opts['eta']:g}"), flush=True)
             t0 = time.time()
             images = sample(net, make_sampler(schedule=schedule, **opts), num_samples, image_shape(cfg),
