@@ -48,17 +48,27 @@ ROWS = {
     "ema0.9999": ["--ema_decay", "0.9999"],
 }
 
+# The recipe the rows of BENCHMARKS.md's screen (2026-12-02) were measured against: the config as it
+# was then. Its sampler settings matter only for the stored config; sample.py is told DDIM-50 eta 0.
+BASES = {
+    "config": [],
+    "screen": ["--objective", "eps", "--loss_weight", "p2", "--batch_size", "32", "--sampler", "ddim",
+               "--sample_steps", "50", "--spacing", "leading"],
+}
+
 
 def row_commands(name, args, out):
     extra = list(ROWS[name])
     config = args.config
+    base = list(BASES[args.base])
     if "--config" in extra:
         i = extra.index("--config")
         config = extra[i + 1]
         del extra[i:i + 2]
+        base = base[base.index("--sampler"):] if "--sampler" in base else []  # another recipe: its grid only
     train = [sys.executable, "train.py", "--config", config, "--device_target", "CPU", "--max_minutes",
              str(args.minutes), "--data_dir", args.data_dir, "--output_dir", str(out), "--run_name", name,
-             "--preview_minutes", "0", *extra]
+             "--preview_minutes", "0", *base, *extra]
     sample = sample_command(out / name / "latest.ckpt", args.samples, out / f"{name}_samples", "--no_per_image")
     score = score_command(out / f"{name}_samples" / "samples.npz", args.data_dir)
     return train, [str(c) for c in sample], [str(c) for c in score]
@@ -102,14 +112,19 @@ def main(argv=None):
     p.add_argument("--config", default="configs/fashion_mnist_cpu.yaml", help="the base recipe")
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
     p.add_argument("--out", default="runs/screen")
+    p.add_argument("--base", choices=sorted(BASES), default="config",
+                   help="config: the rows' overrides on --config as it is; screen: on the recipe the "
+                        "2026-12-02 screen started from (eps, p2, batch 32), so new rows join its table")
     p.add_argument("--parallel", type=int, default=min(2, os.cpu_count() or 1),
                    help="rows at a time, each pinned to its own core (1: one row on the whole machine)")
+    p.add_argument("--cores", default=None,
+                   help="comma-separated cores to pin rows to, one row per core at a time (overrides --parallel)")
     args = p.parse_args(argv)
     names = [r for r in args.rows.split(",") if r]
     unknown = [r for r in names if r not in ROWS]
     if unknown:
         sys.exit(f"error: unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
-    if args.parallel > 1 and shutil.which("taskset") is None:
+    if (args.parallel > 1 or args.cores) and shutil.which("taskset") is None:
         sys.exit("error: --parallel > 1 pins rows with taskset, which is not installed; use --parallel 1")
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +148,10 @@ def main(argv=None):
                                                              "minutes": args.minutes, "samples": args.samples,
                                                              "rows": results}, indent=2))
 
-    cores = list(range(args.parallel)) if args.parallel > 1 else [None]
+    if args.cores:
+        cores = [int(c) for c in args.cores.split(",")]
+    else:
+        cores = list(range(args.parallel)) if args.parallel > 1 else [None]
     threads = [threading.Thread(target=worker, args=(c,)) for c in cores]
     for t in threads:
         t.start()
