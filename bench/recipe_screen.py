@@ -66,12 +66,26 @@ def row_commands(name, args, out):
         config = extra[i + 1]
         del extra[i:i + 2]
         base = base[base.index("--sampler"):] if "--sampler" in base else []  # another recipe: its grid only
-    train = [sys.executable, "train.py", "--config", config, "--device_target", "CPU", "--max_minutes",
-             str(args.minutes), "--data_dir", args.data_dir, "--output_dir", str(out), "--run_name", name,
+    budget = ["--max_minutes", str(args.minutes)]
+    if args.images:
+        # an equal number of training images instead of equal minutes: the row's steps at its batch size
+        batch = _row_batch(config, base + extra)
+        budget = ["--max_minutes", "0", "--max_steps", str(-(-args.images // batch))]
+    train = [sys.executable, "train.py", "--config", config, "--device_target", "CPU", *budget,
+             "--data_dir", args.data_dir, "--output_dir", str(out), "--run_name", name,
              "--preview_minutes", "0", *base, *extra]
     sample = sample_command(out / name / "latest.ckpt", args.samples, out / f"{name}_samples", "--no_per_image")
     score = score_command(out / f"{name}_samples" / "samples.npz", args.data_dir)
     return train, [str(c) for c in sample], [str(c) for c in score]
+
+
+def _row_batch(config, overrides):
+    """The batch size a row trains with: the last --batch_size override, else its config's."""
+    if "--batch_size" in overrides:
+        return int(overrides[len(overrides) - 1 - overrides[::-1].index("--batch_size") + 1])
+    sys.path.insert(0, str(ROOT))
+    from ddpm_ms.config import read_yaml
+    return int(read_yaml(ROOT / config).get("batch_size", 32))
 
 
 def run_row(name, args, out, core):
@@ -107,6 +121,9 @@ def _last_step(stdout):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=8.0, help="training minutes per row")
+    p.add_argument("--images", type=int, default=0,
+                   help="train each row on this many images (max_steps = images / its batch) instead of "
+                        "--minutes: a budget that does not depend on the machine's speed")
     p.add_argument("--samples", type=int, default=300)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from: {', '.join(ROWS)}")
     p.add_argument("--config", default="configs/fashion_mnist_cpu.yaml", help="the base recipe")
@@ -157,7 +174,8 @@ def main(argv=None):
         t.start()
     for t in threads:
         t.join()
-    lines = [f"{args.minutes:g} minutes per row on one core each, {args.samples} DDIM-50 samples, "
+    budget = f"{args.images:,} training images per row" if args.images else f"{args.minutes:g} minutes per row"
+    lines = [f"{budget} on one core each, {args.samples} DDIM-50 samples, "
              f"{datetime.date.today().isoformat()}", "",
              "| row | overrides | steps | FID | KID | smallest class | precision | recall |",
              "| --- | --- | --: | --: | --: | --: | --: | --: |"]
