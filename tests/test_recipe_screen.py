@@ -13,15 +13,18 @@ _spec.loader.exec_module(rs)
 
 
 def _args(**kw):
-    base = dict(config="configs/fashion_mnist_cpu.yaml", minutes=2.0, samples=10, data_dir="/d/fmnist")
+    base = dict(config="configs/fashion_mnist_cpu.yaml", minutes=2.0, samples=10, data_dir="/d/fmnist",
+                base="config", images=0)
     base.update(kw)
     return argparse.Namespace(**base)
 
 
+@pytest.mark.parametrize("base", sorted(rs.BASES))
 @pytest.mark.parametrize("name", list(rs.ROWS))
-def test_every_row_is_a_valid_config(name, tmp_path):
-    """Each row's overrides on its base config pass the config checks, and change what they say."""
-    train, _, _ = rs.row_commands(name, _args(), tmp_path)
+def test_every_row_is_a_valid_config(name, base, tmp_path):
+    """Each row's overrides on its base config pass the config checks, and change what they say
+    (a row's own override comes after the base's, so it wins)."""
+    train, _, _ = rs.row_commands(name, _args(base=base), tmp_path)
     config = train[train.index("--config") + 1]
     extra = train[train.index("--preview_minutes") + 2:]
     overrides = dict(zip(extra[::2], extra[1::2]))
@@ -52,3 +55,20 @@ def test_step_read_from_the_trainers_last_line():
 def test_unknown_row_is_one_line():
     with pytest.raises(SystemExit, match="unknown row.*nope"):
         rs.main(["--rows", "base,nope"])
+
+
+def test_screen_base_and_image_budget(tmp_path):
+    """--base screen puts the old recipe's overrides before the row's; --images sets max_steps from
+    each row's own batch size (rounded up) and turns the clock off."""
+    args = _args(base="screen", images=10_208)
+    train, _, _ = rs.row_commands("p2_off", args, tmp_path)
+    extra = train[train.index("--preview_minutes") + 2:]
+    assert extra[:6] == ["--objective", "eps", "--loss_weight", "p2", "--batch_size", "32"]
+    assert extra[-2:] == ["--loss_weight", "none"]
+    assert train[train.index("--max_steps") + 1] == "319" and train[train.index("--max_minutes") + 1] == "0"
+    train, _, _ = rs.row_commands("batch64", args, tmp_path)
+    assert train[train.index("--max_steps") + 1] == "160"            # ceil(10208 / 64)
+    train, _, _ = rs.row_commands("tutorial", args, tmp_path)        # its own config: batch 128, grid only
+    assert train[train.index("--max_steps") + 1] == "80"
+    assert "--objective" not in train and train[train.index("--spacing") + 1] == "leading"
+    assert read_yaml(ROOT / "configs/fashion_mnist.yaml")["batch_size"] == 128
