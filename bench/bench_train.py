@@ -21,6 +21,9 @@ the case's conv_impl; T = 1 cases run under ``taskset -c 0`` unless --no_pin):
     matmul_bB_tT          ddpm_ms.convs (conv_impl matmul, oneDNN uncapped)
     matmul_o1_bB_tT       matmul with jit_level O1 (graph-kernel fusion)
     resnet_bB_tT          the same U-Net with ResNet blocks (4 groups), matmul convs
+    {matmul,resnet}_{batched,gemm}_bB_tT
+                          matmul convs in one form of ddpm_ms.convs.matmul_form (the variants
+                          above take this CPU's default form)
     resnet_native_bB_tT   the ResNet-block U-Net with native convs
     lucid_bB_tT           the peer's own network (unet_family lucid) and loss (eps, linear, MSE),
                           matmul convs; lucid_native_bB_tT with native convs: no FLOP normalisation
@@ -64,6 +67,8 @@ def _rss_mb():
 def _setup_mindspore(spec):
     """Import MindSpore with the CPU settings cpu_env chooses for the case's conv_impl."""
     os.environ.setdefault("GLOG_v", "3")
+    if spec.get("matmul_form"):
+        os.environ["DDPM_MS_MATMUL_FORM"] = spec["matmul_form"]    # read by ddpm_ms.convs.matmul_form
     from ddpm_ms.cpu_env import apply_cpu_env
     apply_cpu_env(verbose=False, matmul_convs=spec.get("conv_impl", "auto") in ("auto", "matmul"))
     import mindspore as ms
@@ -122,7 +127,14 @@ def worker_train(spec):
     cpu_step_s = sum(cpu[spec["warmup"]:]) / len(timed)
     return {"img_s": b / step_s, "step_s": step_s, "cpu_step_s": cpu_step_s, "img_cpu_s": b / cpu_step_s, "first_s": times[0], "compile_s": max(times[0] - step_s, 0.0),
             "loss": float(loss.asnumpy()), "rss_mb": _rss_mb(), "threads_in_process": _threads_in_process(),
-            "isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"), "conv_impl": trainer.net.conv_impl}
+            "isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"), "conv_impl": trainer.net.conv_impl,
+            "matmul_form": _matmul_form(trainer.net)}
+
+
+def _matmul_form(net):
+    """The matmul form the net's matmul convs use (ddpm_ms.convs.matmul_form), or None."""
+    forms = {c.form for _, c in net.cells_and_names() if hasattr(c, "form")}
+    return ",".join(sorted(forms)) or None
 
 
 def worker_matmul(spec):
@@ -336,6 +348,11 @@ VARIANTS = {   # name -> (conv_impl, arch overrides, extra spec)
     "matmul_o1": ("matmul", {}, {"jit_level": "O1"}),
     "resnet": ("matmul", RESNET_ARCH, {}),   # ResNet-block U-Net, matmul convs
     "resnet_native": ("native", RESNET_ARCH, {}),
+    # the two forms of ddpm_ms.convs.matmul_form, whatever this CPU's default
+    "matmul_batched": ("matmul", {}, {"matmul_form": "batched"}),
+    "matmul_gemm": ("matmul", {}, {"matmul_form": "gemm"}),
+    "resnet_batched": ("matmul", RESNET_ARCH, {"matmul_form": "batched"}),
+    "resnet_gemm": ("matmul", RESNET_ARCH, {"matmul_form": "gemm"}),
     # the peer's own network and loss (issue 16): same speed comparison without FLOP normalisation
     "lucid": ("matmul", LUCID_ARCH, {"cfg": LUCID_PEER_CFG}),
     "lucid_native": ("native", LUCID_ARCH, {"cfg": LUCID_PEER_CFG}),
@@ -421,7 +438,8 @@ def report(results, args):
         gfs = r["img_s"] * factor * per_img if per_img else None
         note = r.get("note", "")
         if "threads_in_process" in r:
-            note = f"{r.get('conv_impl')} convs, ISA {r.get('isa')}, {r['threads_in_process']} OS threads"
+            form = f" ({r['matmul_form']})" if r.get("matmul_form") else ""
+            note = f"{r.get('conv_impl')} convs{form}, ISA {r.get('isa')}, {r['threads_in_process']} OS threads"
         lines.append(f"| {name} | {r['img_s']:.1f} | {r.get('img_cpu_s', 0):.1f} | {r.get('step_s', 0):.3f} | {r.get('first_s', 0):.1f} | "
                      f"{r.get('rss_mb', 0):.0f} | {gfs or 0:.1f} | {100 * gfs / peak if gfs and peak else 0:.1f} | "
                      f"{note} |")

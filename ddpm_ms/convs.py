@@ -18,8 +18,47 @@ The switch ``conv_impl``: ``native`` (MindSpore's kernels), ``matmul`` (this mod
 resolved by ``runtime.resolve_conv_impl``, which imports no MindSpore: the CPU settings must
 know the choice before MindSpore loads (``cpu_env.apply_cpu_env(matmul_convs=...)``).
 """
+import os
+
 import mindspore as ms
 from mindspore import nn, ops
+
+from .cpu_env import onednn_convs_slow
+
+# How the unfolded columns meet the weight (``matmul_form``): "batched" broadcasts the weight
+# over the batch, one BatchMatMul of B small products [C_out, K] @ [K, L]; "gemm" moves the batch
+# next to the positions, one GEMM [C_out, K] @ [K, B*L], at the cost of two transposes; its
+# weight gradient is one GEMM too, not B products and a ReduceSum over the batch.
+MATMUL_FORMS = ("batched", "gemm")
+FORM_VAR = "DDPM_MS_MATMUL_FORM"
+
+
+def matmul_form():
+    """The faster form on this CPU, as measured (BENCHMARKS.md, "Convolutions as matmuls").
+
+    * AVX-512 matmuls (oneDNN uncapped on an AVX-512 CPU, what matmul training chooses there):
+      "batched" (89 ms against 158 ms for the GEMM form, 3x3 56 -> 56 at 28x28, batch 32);
+    * otherwise (AVX2-only CPUs, or a capped oneDNN): "gemm", 1.2x the whole ResNet U-Net's
+      training step, up to 3x for one conv at 7x7.
+
+    ``DDPM_MS_MATMUL_FORM=batched|gemm`` overrides it (benchmarks); read when a cell is built.
+    """
+    form = os.environ.get(FORM_VAR, "")
+    if form:
+        if form not in MATMUL_FORMS:
+            raise ValueError(f"{FORM_VAR} must be one of {', '.join(MATMUL_FORMS)}, got {form!r}")
+        return form
+    return "batched" if onednn_convs_slow() else "gemm"
+
+
+def _conv_matmul(weight, cols, form):
+    """weight [C_out, K] times cols [B, K, L] for every batch row -> [B, C_out, L]."""
+    b, k_flat, l_out = cols.shape
+    c_out = weight.shape[0]
+    if form == "gemm":
+        y = ops.matmul(weight, cols.transpose(1, 0, 2).reshape(k_flat, b * l_out))   # [C_out, B*L]
+        return y.reshape(c_out, b, l_out).transpose(1, 0, 2)
+    return ops.bmm(ops.broadcast_to(weight.reshape(1, c_out, k_flat), (b, c_out, k_flat)), cols)
 
 
 def _geometry(cell):
@@ -45,8 +84,8 @@ class MatmulConv2d(nn.Conv2d):
 
     * 1x1, stride 1, no padding: a plain matmul over the flattened positions (no unfold).
     * group 1: cols = unfold(x) [B, C_in*k*k, L] (channel-major, the weight's flat order);
-      y = W [C_out, C_in*k*k] @ cols, the weight broadcast over the batch (one BatchMatMul:
-      measured faster than a 2-D @ 3-D matmul or one big GEMM over B*L, BENCHMARKS.md).
+      y = W [C_out, C_in*k*k] @ cols in the ``matmul_form`` measured faster on this CPU: the
+      weight broadcast over the batch (one BatchMatMul), or one GEMM over B*L.
     * depthwise (g = C_in = C_out, stride 1, "same" padding; ConvNeXt's 7x7): a full unfold
       would copy the input k*k = 49 times for a conv of almost no FLOPs, so the work is split
       by kernel row and column instead. cols = unfold(x, (kh, 1)) [B, C, kh, L] (x shifted by each kernel row);
@@ -66,6 +105,7 @@ class MatmulConv2d(nn.Conv2d):
                              f"(got pad_mode={self.pad_mode!r}, dilation={self.dilation})")
         if self.data_format != "NCHW":
             raise ValueError("MatmulConv2d supports data_format NCHW only")
+        self.form = matmul_form()
         self.kh, self.kw, self.sh, self.sw, self.ph, self.pw = _geometry(self)
         self.pointwise = (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
         self.k_flat = (self.in_channels // self.group) * self.kh * self.kw
@@ -87,9 +127,7 @@ class MatmulConv2d(nn.Conv2d):
                               stride=(self.sh, self.sw))                       # [B, C_in*k*k, L]
         weight = self.weight.astype(x.dtype)
         if self.group == 1:
-            wmat = ops.broadcast_to(weight.reshape(1, self.out_channels, self.k_flat),
-                                    (b, self.out_channels, self.k_flat))
-            y = ops.bmm(wmat, cols)                                             # [B, C_out, L]
+            y = _conv_matmul(weight.reshape(self.out_channels, self.k_flat), cols, self.form)   # [B, C_out, L]
         else:
             g = self.group
             cols = cols.reshape(b, g, self.k_flat, h_out * w_out)
@@ -125,15 +163,14 @@ class MatmulConvTranspose2d(nn.Conv2dTranspose):
             raise ValueError("MatmulConvTranspose2d does not support output_padding")
         self.kh, self.kw, self.sh, self.sw, self.ph, self.pw = _geometry(self)
         self.rows = self.out_channels * self.kh * self.kw
+        self.form = matmul_form()
 
     def construct(self, x):
         b, _, h, w = x.shape
         h_out = (h - 1) * self.sh - 2 * self.ph + self.kh
         w_out = (w - 1) * self.sw - 2 * self.pw + self.kw
         weight = self.weight.astype(x.dtype).reshape(self.in_channels, self.rows)
-        cols = ops.bmm(ops.broadcast_to(weight.T.reshape(1, self.rows, self.in_channels),
-                                        (b, self.rows, self.in_channels)),
-                       x.reshape(b, self.in_channels, h * w))                   # [B, C_out*k*k, H*W]
+        cols = _conv_matmul(weight.T, x.reshape(b, self.in_channels, h * w), self.form)  # [B, C_out*k*k, H*W]
         y = ops.fold(cols, ms.Tensor((h_out, w_out), ms.int32), (self.kh, self.kw), dilation=1,
                      padding=(self.ph, self.pw), stride=(self.sh, self.sw))
         return _add_bias(self, y)

@@ -11,7 +11,8 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from ddpm_ms.convs import MatmulConv2d, MatmulConvTranspose2d
+from ddpm_ms import convs as convs_mod
+from ddpm_ms.convs import MATMUL_FORMS, MatmulConv2d, MatmulConvTranspose2d
 from ddpm_ms.runtime import resolve_conv_impl
 
 # (c_in, c_out, kernel, stride, padding, group, has_bias, hw): the U-Nets' conv shapes
@@ -83,13 +84,15 @@ def mode(request):
     ms.set_context(mode=old)
 
 
+@pytest.mark.parametrize("form", MATMUL_FORMS)
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
-def test_matmul_conv_matches_native_outputs_and_grads(case, mode):
+def test_matmul_conv_matches_native_outputs_and_grads(case, form, mode):
     c_in, c_out, k, s, p, g, bias, hw = CONV_CASES[case]
     if case == "depthwise7x7":
         assert MatmulConv2d(c_in, c_out, k, stride=s, pad_mode="pad", padding=p, group=g).depthwise
     native, matmul = _pair(nn.Conv2d, MatmulConv2d, c_in, c_out, k, stride=s, pad_mode="pad", padding=p,
                            group=g, has_bias=bias, bias_init="uniform" if bias else None)
+    matmul.form = form
     rng = np.random.default_rng(len(case))
     x = ms.Tensor(rng.standard_normal((3, c_in, hw, hw + 3)).astype(np.float32))   # H != W on purpose
     y_n, gx_n, gp_n = _grads(native, x)
@@ -104,9 +107,11 @@ def test_matmul_conv_matches_native_outputs_and_grads(case, mode):
         _close(a, r)
 
 
-def test_matmul_conv_transpose_matches_native(mode):
+@pytest.mark.parametrize("form", MATMUL_FORMS)
+def test_matmul_conv_transpose_matches_native(form, mode):
     native, matmul = _pair(nn.Conv2dTranspose, MatmulConvTranspose2d, 4, 6, 4, stride=2, pad_mode="pad",
                            padding=1, has_bias=True, bias_init="uniform")
+    matmul.form = form
     rng = np.random.default_rng(7)
     x = ms.Tensor(rng.standard_normal((2, 4, 5, 5)).astype(np.float32))
     y_n, gx_n, gp_n = _grads(native, x)
@@ -122,6 +127,21 @@ def test_matmul_conv_transpose_matches_native(mode):
     _close(gx_m, gx_n)
     for a, r in zip(gp_m, gp_n):
         _close(a, r)
+
+
+def test_matmul_form_follows_the_isa_and_the_override(monkeypatch, tmp_path):
+    """'batched' where oneDNN is uncapped on an AVX-512 CPU, 'gemm' elsewhere; the variable overrides."""
+    monkeypatch.delenv(convs_mod.FORM_VAR, raising=False)
+    for slow, form in ((True, "batched"), (False, "gemm")):
+        monkeypatch.setattr(convs_mod, "onednn_convs_slow", lambda slow=slow: slow)
+        assert convs_mod.matmul_form() == form
+        assert MatmulConv2d(2, 2, 3, pad_mode="pad", padding=1).form == form
+        assert MatmulConvTranspose2d(2, 2, 4, stride=2, pad_mode="pad", padding=1).form == form
+    monkeypatch.setenv(convs_mod.FORM_VAR, "batched")
+    assert convs_mod.matmul_form() == "batched"
+    monkeypatch.setenv(convs_mod.FORM_VAR, "bmm")
+    with pytest.raises(ValueError, match="DDPM_MS_MATMUL_FORM must be one of batched, gemm, got 'bmm'"):
+        convs_mod.matmul_form()
 
 
 def test_float16_compute_matches_float32_within_half_precision():
@@ -151,11 +171,12 @@ def test_resolve_conv_impl_and_unsupported_settings():
         MatmulConvTranspose2d(2, 2, 4, stride=2, pad_mode="pad", padding=1, group=2)
 
 
-@pytest.mark.parametrize("use_convnext", [True, False])
-def test_unet_matmul_equals_native_and_checkpoints_swap(use_convnext, mode):
+@pytest.mark.parametrize("use_convnext,form", [(True, "batched"), (False, "gemm")])
+def test_unet_matmul_equals_native_and_checkpoints_swap(use_convnext, form, mode, monkeypatch):
     """The whole U-Net: same parameter names and shapes; a native state dict loaded into the
     matmul net gives the same output and the same gradient for every parameter."""
     from ddpm_ms.unet import build_unet
+    monkeypatch.setenv(convs_mod.FORM_VAR, form)
     arch = dict(dim=8, dim_mults=[1, 2], channels=1, image_size=8, use_convnext=use_convnext,
                 resnet_block_groups=4, attn_heads=2, attn_head_dim=8)
     native = build_unet(arch, conv_impl="native")
@@ -167,7 +188,7 @@ def test_unet_matmul_equals_native_and_checkpoints_swap(use_convnext, mode):
     ms.load_param_into_net(matmul, {k: ms.Parameter(v.data.copy(), name=k) for k, v in n_params.items()},
                            strict_load=True)
     convs = [c for _, c in matmul.cells_and_names() if isinstance(c, (nn.Conv2d, nn.Conv2dTranspose))]
-    assert convs and all(isinstance(c, (MatmulConv2d, MatmulConvTranspose2d)) for c in convs)
+    assert convs and all(isinstance(c, (MatmulConv2d, MatmulConvTranspose2d)) and c.form == form for c in convs)
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((2, 1, 8, 8)).astype(np.float32))
     t = ms.Tensor(np.array([3, 700], np.int32))
