@@ -21,7 +21,7 @@ the case's conv_impl; T = 1 cases run under ``taskset -c 0`` unless --no_pin):
     matmul_bB_tT          ddpm_ms.convs (conv_impl matmul, oneDNN uncapped)
     matmul_o1_bB_tT       matmul with jit_level O1 (graph-kernel fusion)
     resnet_bB_tT          the same U-Net with ResNet blocks (4 groups), matmul convs
-    {matmul,resnet}_{batched,gemm}_bB_tT
+    {matmul,resnet}_{batched,gemm,mixed}_bB_tT
                           matmul convs in one form of ddpm_ms.convs.matmul_form (the variants
                           above take this CPU's default form)
     resnet_native_bB_tT   the ResNet-block U-Net with native convs
@@ -353,6 +353,8 @@ VARIANTS = {   # name -> (conv_impl, arch overrides, extra spec)
     "matmul_gemm": ("matmul", {}, {"matmul_form": "gemm"}),
     "resnet_batched": ("matmul", RESNET_ARCH, {"matmul_form": "batched"}),
     "resnet_gemm": ("matmul", RESNET_ARCH, {"matmul_form": "gemm"}),
+    "matmul_mixed": ("matmul", {}, {"matmul_form": "mixed"}),
+    "resnet_mixed": ("matmul", RESNET_ARCH, {"matmul_form": "mixed"}),
     # the peer's own network and loss (issue 16): same speed comparison without FLOP normalisation
     "lucid": ("matmul", LUCID_ARCH, {"cfg": LUCID_PEER_CFG}),
     "lucid_native": ("native", LUCID_ARCH, {"cfg": LUCID_PEER_CFG}),

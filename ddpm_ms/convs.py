@@ -27,35 +27,39 @@ from .cpu_env import onednn_convs_slow
 
 # How the unfolded columns meet the weight (``matmul_form``): "batched" broadcasts the weight
 # over the batch, one BatchMatMul of B small products [C_out, K] @ [K, L]; "gemm" moves the batch
-# next to the positions, one GEMM [C_out, K] @ [K, B*L], at the cost of two transposes; its
-# weight gradient is one GEMM too, not B products and a ReduceSum over the batch.
-MATMUL_FORMS = ("batched", "gemm")
+# next to the positions, one GEMM [C_out, K] @ [K, B*L], at the cost of two transposes and a
+# second copy of the columns; its weight gradient is one GEMM too, not B products and a ReduceSum
+# over the batch. "mixed" takes "gemm" where L, the output positions, is at most GEMM_MAX_L (the
+# deepest, smallest feature maps, where B small products are slowest) and "batched" elsewhere.
+MATMUL_FORMS = ("batched", "gemm", "mixed")
 FORM_VAR = "DDPM_MS_MATMUL_FORM"
+GEMM_MAX_L = 64          # 8x8 positions: the 7x7 maps of a 28x28 U-Net, the 8x8 maps of a 32x32 one
 
 
 def matmul_form():
-    """The faster form on this CPU, as measured (BENCHMARKS.md, "Convolutions as matmuls").
+    """The form measured faster on this CPU (BENCHMARKS.md, "Matmul forms on an AVX2-only CPU").
 
     * AVX-512 matmuls (oneDNN uncapped on an AVX-512 CPU, what matmul training chooses there):
-      "batched" (89 ms against 158 ms for the GEMM form, 3x3 56 -> 56 at 28x28, batch 32);
-    * otherwise (AVX2-only CPUs, or a capped oneDNN): "gemm", 1.2x the whole ResNet U-Net's
-      training step, up to 3x for one conv at 7x7.
+      "batched" (89 ms against 158 ms for one GEMM, 3x3 56 -> 56 at 28x28, batch 32);
+    * otherwise (AVX2-only CPUs, or a capped oneDNN): "mixed", 1.18x the ResNet U-Net's
+      training step over "batched" for 0.5 GB more; "gemm" everywhere was slower than "mixed"
+      and needed twice the memory of "batched".
 
-    ``DDPM_MS_MATMUL_FORM=batched|gemm`` overrides it (benchmarks); read when a cell is built.
+    ``DDPM_MS_MATMUL_FORM=batched|gemm|mixed`` overrides it (benchmarks); read when a cell is built.
     """
     form = os.environ.get(FORM_VAR, "")
     if form:
         if form not in MATMUL_FORMS:
             raise ValueError(f"{FORM_VAR} must be one of {', '.join(MATMUL_FORMS)}, got {form!r}")
         return form
-    return "batched" if onednn_convs_slow() else "gemm"
+    return "batched" if onednn_convs_slow() else "mixed"
 
 
 def _conv_matmul(weight, cols, form):
     """weight [C_out, K] times cols [B, K, L] for every batch row -> [B, C_out, L]."""
     b, k_flat, l_out = cols.shape
     c_out = weight.shape[0]
-    if form == "gemm":
+    if form == "gemm" or (form == "mixed" and l_out <= GEMM_MAX_L):
         y = ops.matmul(weight, cols.transpose(1, 0, 2).reshape(k_flat, b * l_out))   # [C_out, B*L]
         return y.reshape(c_out, b, l_out).transpose(1, 0, 2)
     return ops.bmm(ops.broadcast_to(weight.reshape(1, c_out, k_flat), (b, c_out, k_flat)), cols)

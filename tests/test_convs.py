@@ -130,9 +130,9 @@ def test_matmul_conv_transpose_matches_native(form, mode):
 
 
 def test_matmul_form_follows_the_isa_and_the_override(monkeypatch, tmp_path):
-    """'batched' where oneDNN is uncapped on an AVX-512 CPU, 'gemm' elsewhere; the variable overrides."""
+    """"batched" where oneDNN is uncapped on an AVX-512 CPU, "mixed" elsewhere; the variable overrides."""
     monkeypatch.delenv(convs_mod.FORM_VAR, raising=False)
-    for slow, form in ((True, "batched"), (False, "gemm")):
+    for slow, form in ((True, "batched"), (False, "mixed")):
         monkeypatch.setattr(convs_mod, "onednn_convs_slow", lambda slow=slow: slow)
         assert convs_mod.matmul_form() == form
         assert MatmulConv2d(2, 2, 3, pad_mode="pad", padding=1).form == form
@@ -140,7 +140,7 @@ def test_matmul_form_follows_the_isa_and_the_override(monkeypatch, tmp_path):
     monkeypatch.setenv(convs_mod.FORM_VAR, "batched")
     assert convs_mod.matmul_form() == "batched"
     monkeypatch.setenv(convs_mod.FORM_VAR, "bmm")
-    with pytest.raises(ValueError, match="DDPM_MS_MATMUL_FORM must be one of batched, gemm, got 'bmm'"):
+    with pytest.raises(ValueError, match="DDPM_MS_MATMUL_FORM must be one of batched, gemm, mixed, got .bmm."):
         convs_mod.matmul_form()
 
 
