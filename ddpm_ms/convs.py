@@ -41,7 +41,7 @@ def matmul_form():
 
     * AVX-512 matmuls (oneDNN uncapped on an AVX-512 CPU, what matmul training chooses there):
       "batched" (89 ms against 158 ms for one GEMM, 3x3 56 -> 56 at 28x28, batch 32);
-    * otherwise (AVX2-only CPUs, or a capped oneDNN): "mixed", 1.18x the ResNet U-Net's
+    * otherwise (AVX2-only CPUs, or a capped oneDNN): "mixed", 1.20x the ResNet U-Net's
       training step over "batched" for 0.5 GB more; "gemm" everywhere was slower than "mixed"
       and needed twice the memory of "batched".
 
