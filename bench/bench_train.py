@@ -348,7 +348,7 @@ VARIANTS = {   # name -> (conv_impl, arch overrides, extra spec)
     "matmul_o1": ("matmul", {}, {"jit_level": "O1"}),
     "resnet": ("matmul", RESNET_ARCH, {}),   # ResNet-block U-Net, matmul convs
     "resnet_native": ("native", RESNET_ARCH, {}),
-    # the two forms of ddpm_ms.convs.matmul_form, whatever this CPU's default
+    # each form of ddpm_ms.convs.matmul_form, whatever this CPU's default
     "matmul_batched": ("matmul", {}, {"matmul_form": "batched"}),
     "matmul_gemm": ("matmul", {}, {"matmul_form": "gemm"}),
     "resnet_batched": ("matmul", RESNET_ARCH, {"matmul_form": "batched"}),

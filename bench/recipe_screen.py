@@ -3,6 +3,8 @@ minutes, sample, score, and tabulate (issue 19, section 2).
 
     python bench/recipe_screen.py --minutes 8 --samples 300                 # every row
     python bench/recipe_screen.py --minutes 8 --rows base,v,lr2e-3          # some rows
+    python bench/recipe_screen.py --images 10208 --base screen --rows p2_off  # a new row of the 2026-12-02
+                                          # table: its base recipe, 319 steps of 32 on any machine
 
 Each row is ``configs/fashion_mnist_cpu.yaml`` (``--config``) plus the overrides in ROWS, trained
 with ``train.py --max_minutes M``, then sampled by ``sample.py`` (DDIM-50, eta 0, EMA weights,
@@ -81,8 +83,9 @@ def row_commands(name, args, out):
 
 def _row_batch(config, overrides):
     """The batch size a row trains with: the last --batch_size override, else its config's."""
-    if "--batch_size" in overrides:
-        return int(overrides[len(overrides) - 1 - overrides[::-1].index("--batch_size") + 1])
+    last = [i for i, v in enumerate(overrides) if v == "--batch_size"]
+    if last:
+        return int(overrides[last[-1] + 1])
     sys.path.insert(0, str(ROOT))
     from ddpm_ms.config import read_yaml
     return int(read_yaml(ROOT / config).get("batch_size", 32))
@@ -142,7 +145,7 @@ def main(argv=None):
     if unknown:
         sys.exit(f"error: unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     if (args.parallel > 1 or args.cores) and shutil.which("taskset") is None:
-        sys.exit("error: --parallel > 1 pins rows with taskset, which is not installed; use --parallel 1")
+        sys.exit("error: --parallel > 1 and --cores pin rows with taskset, which is not installed; use --parallel 1")
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     todo = queue.Queue()
