@@ -348,13 +348,10 @@ VARIANTS = {   # name -> (conv_impl, arch overrides, extra spec)
     "matmul_o1": ("matmul", {}, {"jit_level": "O1"}),
     "resnet": ("matmul", RESNET_ARCH, {}),   # ResNet-block U-Net, matmul convs
     "resnet_native": ("native", RESNET_ARCH, {}),
-    # each form of ddpm_ms.convs.matmul_form, whatever this CPU's default
-    "matmul_batched": ("matmul", {}, {"matmul_form": "batched"}),
-    "matmul_gemm": ("matmul", {}, {"matmul_form": "gemm"}),
-    "resnet_batched": ("matmul", RESNET_ARCH, {"matmul_form": "batched"}),
-    "resnet_gemm": ("matmul", RESNET_ARCH, {"matmul_form": "gemm"}),
-    "matmul_mixed": ("matmul", {}, {"matmul_form": "mixed"}),
-    "resnet_mixed": ("matmul", RESNET_ARCH, {"matmul_form": "mixed"}),
+    # each form of ddpm_ms.convs.matmul_form, whatever this CPU's default (named here, not imported:
+    # ddpm_ms.convs loads MindSpore, which must wait for the case's CPU settings)
+    **{f"{net}_{form}": ("matmul", arch, {"matmul_form": form})
+       for net, arch in (("matmul", {}), ("resnet", RESNET_ARCH)) for form in ("batched", "gemm", "mixed")},
     # the peer's own network and loss (issue 16): same speed comparison without FLOP normalisation
     "lucid": ("matmul", LUCID_ARCH, {"cfg": LUCID_PEER_CFG}),
     "lucid_native": ("native", LUCID_ARCH, {"cfg": LUCID_PEER_CFG}),

@@ -82,13 +82,11 @@ def row_commands(name, args, out):
 
 
 def _row_batch(config, overrides):
-    """The batch size a row trains with: the last --batch_size override, else its config's."""
-    last = [i for i, v in enumerate(overrides) if v == "--batch_size"]
-    if last:
-        return int(overrides[last[-1] + 1])
-    sys.path.insert(0, str(ROOT))
-    from ddpm_ms.config import read_yaml
-    return int(read_yaml(ROOT / config).get("batch_size", 32))
+    """The batch size a row trains with: its config with the overrides (the last of a key wins), as
+    train.py resolves it."""
+    from ddpm_ms.config import read_yaml, resolve
+    cli = {key.lstrip("-"): value for key, value in zip(overrides[::2], overrides[1::2])}
+    return resolve(read_yaml(ROOT / config), cli)["batch_size"]
 
 
 def run_row(name, args, out, core):

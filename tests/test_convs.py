@@ -129,7 +129,7 @@ def test_matmul_conv_transpose_matches_native(form, mode):
         _close(a, r)
 
 
-def test_matmul_form_follows_the_isa_and_the_override(monkeypatch, tmp_path):
+def test_matmul_form_follows_the_isa_and_the_override(monkeypatch):
     """"batched" where oneDNN is uncapped on an AVX-512 CPU, "mixed" elsewhere; the variable overrides."""
     monkeypatch.delenv(convs_mod.FORM_VAR, raising=False)
     for slow, form in ((True, "batched"), (False, "mixed")):
