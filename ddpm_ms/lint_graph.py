@@ -25,6 +25,9 @@ node by node, and each graph fails on:
   call (it found the sampler's named tuple of coefficients);
 - an op outside ``ASCEND_OPS``, the ops this project's graphs use, each with the public API whose
   MindSpore 2.10 documentation lists ``Ascend`` among its supported platforms;
+- a redundant Cast: one tensor cast to the same dtype by two Cast nodes, or a Cast of a Cast's
+  output (a round trip through float16 loses precision and costs two kernels); each tensor should
+  change dtype once, where the precision policy needs it;
 - more nodes or Casts than its ``BUDGET`` (built-in tiny config only; the counts are printed for
   any config).
 
@@ -103,7 +106,9 @@ TINY = dict(dataset="image_folder", data_dir="unused", image_size=8, channels=3,
             log_every=1, save_every=1, sample_every=0, num_preview=2, sample_steps=2, run_name="lint",
             device_target="CPU", seed=3, loss_scale=1024.0, mode="graph")
 
-_NODE = re.compile(r"^%\d+\([^)]*\) = (?:PrimFunc_)?([A-Za-z_][\w:]*)\(")
+_NODE = re.compile(r"^(%\d+)\([^)]*\) = (?:PrimFunc_)?([A-Za-z_][\w:]*)\((%[\w.]+)?")
+_SUBGRAPH = re.compile(r"^subgraph @(\S+?)\(")
+_DTYPE = re.compile(r"Tensor\[(\w+)\]")
 _PARAM = re.compile(r"^%para\d+_(\S+): <([^>]*)>")
 _WIDE = re.compile(r"Tensor\[(Float64|Int64)\]")
 
@@ -111,21 +116,27 @@ _WIDE = re.compile(r"Tensor\[(Float64|Int64)\]")
 def parse_ir(text):
     """The nodes and parameters of one validated IR file.
 
-    Returns (params, nodes): params = [(name, type text)], nodes = [dict(op, out, frames)] with
-    ``op`` the primitive's name (``PrimFunc_`` dropped), ``out`` the output type text (after
-    ``->`` on the ``:`` line under the node; '' when there is none) and ``frames`` the
-    ``# In file`` source lines under the node (its call stack, outermost first).
+    Returns (params, nodes): params = [(name, type text)], nodes = [dict(op, out, frames, id, src,
+    graph)] with ``op`` the primitive's name (``PrimFunc_`` dropped), ``out`` the output type text
+    (after ``->`` on the ``:`` line under the node; '' when there is none), ``frames`` the
+    ``# In file`` source lines under the node (its call stack, outermost first), ``id`` its value
+    ("%3"), ``src`` its first operand when that is a value ("%2", "%para1_x"; else None) and
+    ``graph`` the subgraph it is in (values are numbered per subgraph).
     """
-    params, nodes, node = [], [], None
+    params, nodes, node, graph = [], [], None, ""
     for raw in text.split("\n"):
         line = raw.strip()
         p = _PARAM.match(line)
         m = _NODE.match(line)
-        if p:
+        g = _SUBGRAPH.match(line)
+        if g:
+            graph, node = g.group(1), None
+        elif p:
             params.append((p.group(1), p.group(2)))
             node = None
         elif m:
-            node = dict(op=m.group(1).split("::")[-1], out="", frames=[])
+            node = dict(op=m.group(2).split("::")[-1], out="", frames=[], id=m.group(1), src=m.group(3),
+                        graph=graph)
             nodes.append(node)
         elif node is not None and line.startswith(":") and "->" in line and not node["out"]:
             node["out"] = line.split("->", 1)[1].strip()
@@ -160,6 +171,7 @@ def check_graph(name, text, budget=None):
         if hit and not any(key in f for f in n["frames"] for key in ALLOWED_WIDE):
             wide[(n["op"], hit.group(1), _where(n["frames"]))] += 1
     findings += [f"{name}: {k} {op} node(s) output {dt} tensors, from {where}" for (op, dt, where), k in wide.items()]
+    findings += [f"{name}: {line}" for line in redundant_casts(nodes)]
     for op in sorted(counts):
         if op == "PyExecute":
             where = sorted({_where(n["frames"]) for n in kernels if n["op"] == op})
@@ -178,6 +190,30 @@ def check_graph(name, text, budget=None):
                 findings.append(f"{name}: {summary[key]} {key} is over the budget of {budget[key]} (BUDGET in "
                                 "ddpm_ms/lint_graph.py)")
     return findings, summary
+
+
+def _out_dtype(node):
+    """'Float16' for a node whose output type text is <Tensor[Float16], ...> ('?' when untyped)."""
+    m = _DTYPE.search(node["out"])
+    return m.group(1) if m else "?"
+
+
+def redundant_casts(nodes):
+    """One line per redundant Cast group: the same value cast to the same dtype more than once, or a
+    Cast whose input is another Cast's output (values compared within one subgraph)."""
+    casts = [n for n in nodes if n["op"] == "Cast" and n["src"]]
+    cast_outputs = {(n["graph"], n["id"]): n for n in casts}
+    repeats, chains = {}, Counter()
+    for n in casts:
+        repeats.setdefault((n["graph"], n["src"], _out_dtype(n)), []).append(n)
+        first = cast_outputs.get((n["graph"], n["src"]))
+        if first is not None:
+            chains[(_out_dtype(first), _out_dtype(n), _where(n["frames"]))] += 1
+    lines = [f"{len(group)} Cast nodes cast one value ({src}) to {dtype}, from {_where(group[-1]['frames'])} "
+             "(cast once and reuse the result)" for (_, src, dtype), group in repeats.items() if len(group) > 1]
+    lines += [f"{k} Cast node(s) cast a Cast's {mid} output again, to {dtype}, from {at} (a round trip: cast "
+              "the original value once)" for (mid, dtype, at), k in chains.items()]
+    return lines
 
 
 def _new_validate_files(ir_dir, seen):

@@ -78,6 +78,46 @@ def test_check_graph_finds_each_kind_of_problem_once():
     assert lg.check_graph("g", IR, budget={"nodes": 7, "casts": 3})[0] == findings[:5]
 
 
+# Two subgraphs that both number their values from %0: only the first repeats a cast (%0 to
+# Float16 twice) and casts a cast's output back (%1 -> Float32); the second casts %0 once.
+REDUNDANT = """subgraph @1_step_2() {
+  %0(CNode_1) = GroupNorm(%para1_x)
+      : (<Tensor[Float32], (4, 8)>) -> (<Tensor[Float32], (4, 8)>)
+  %1(CNode_2) = PrimFunc_Cast(%0, I64(42))
+      : (<Tensor[Float32], (4, 8)>, <Int64, NoShape>) -> (<Tensor[Float16], (4, 8)>)
+      # In file /src/ddpm_ms/unet.py:82, 8~20/        return y.astype(x.dtype)/
+  %2(CNode_3) = PrimFunc_Cast(%0, I64(42))
+      : (<Tensor[Float32], (4, 8)>, <Int64, NoShape>) -> (<Tensor[Float16], (4, 8)>)
+      # In file /src/ddpm_ms/unet.py:99, 8~20/        h = g.astype(ms.float16)/
+  %3(CNode_4) = PrimFunc_Cast(%1, I64(43))
+      : (<Tensor[Float16], (4, 8)>, <Int64, NoShape>) -> (<Tensor[Float32], (4, 8)>)
+      # In file /src/ddpm_ms/unet.py:120, 8~20/        y = h.astype(ms.float32)/
+  Return(%3)
+}
+subgraph @2_other_3(%para2_y) {
+  %0(CNode_5) = Neg(%para2_y)
+      : (<Tensor[Float32], (4, 8)>) -> (<Tensor[Float32], (4, 8)>)
+  %1(CNode_6) = PrimFunc_Cast(%0, I64(42))
+      : (<Tensor[Float32], (4, 8)>, <Int64, NoShape>) -> (<Tensor[Float16], (4, 8)>)
+  Return(%1)
+}
+"""
+
+
+def test_redundant_casts_are_found_per_subgraph():
+    _, nodes = lg.parse_ir(REDUNDANT)
+    assert [(n["graph"], n["id"], n["src"]) for n in nodes if n["op"] == "Cast"] == [
+        ("1_step_2", "%1", "%0"), ("1_step_2", "%2", "%0"), ("1_step_2", "%3", "%1"), ("2_other_3", "%1", "%0")]
+    lines = lg.redundant_casts(nodes)
+    assert lines == ["2 Cast nodes cast one value (%0) to Float16, from unet.py:99 (cast once and reuse the result)",
+                     "1 Cast node(s) cast a Cast's Float16 output again, to Float32, from unet.py:120 (a round "
+                     "trip: cast the original value once)"]
+    findings, _ = lg.check_graph("g", REDUNDANT)
+    assert findings == [f"g: {line}" for line in lines]
+    # the first dump's two casts of %2 go to different dtypes: not redundant
+    assert lg.redundant_casts(lg.parse_ir(IR)[1]) == []
+
+
 def test_ascend_ops_are_documented_for_ascend():
     """Each entry's API (or, for a backward kernel, its forward API) says Ascend under
     'Supported Platforms' in the installed MindSpore's docstrings, which the API reference is built from."""
