@@ -23,6 +23,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def time_fwd_bwd(cell, x, reps):
+    """(wall ms, CPU ms, loss): the best of ``reps`` GRAPH-mode calls, after one compiling call, of
+    ``value_and_grad`` of mean(cell(x)^2) for x and the cell's weights. CPU ms is process time,
+    less disturbed by other load."""
+    import mindspore as ms
+
+    def loss(x_):
+        y = cell(x_)
+        return (y * y).mean()
+
+    step = ms.jit(ms.value_and_grad(loss, 0, cell.trainable_params()))
+    out = step(x)
+    out[0].asnumpy()
+    wall, cpu = [], []
+    for _ in range(reps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = step(x)
+        out[0].asnumpy()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return 1e3 * min(wall), 1e3 * min(cpu), float(out[0].asnumpy())
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nocap", action="store_true", help="leave oneDNN uncapped (AVX-512 where the CPU has it)")
@@ -59,25 +82,6 @@ def main(argv=None):
         rows = {k: v for k, v in rows.items() if k in args.only.split(",")}
     rng = np.random.default_rng(0)
 
-    def timed(cell, x):
-        params = cell.trainable_params()
-
-        def loss(x_):
-            y = cell(x_)
-            return (y * y).mean()
-
-        step = ms.jit(ms.value_and_grad(loss, 0, params))
-        out = step(x)
-        out[0].asnumpy()
-        wall, cpu = [], []
-        for _ in range(args.reps):
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = step(x)
-            out[0].asnumpy()
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        return 1e3 * min(wall), 1e3 * min(cpu), float(out[0].asnumpy())
-
     print(f"oneDNN ISA: {chosen['onednn_isa']}; threads {args.threads}; batch {b}; "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     print("| conv | native wall ms | native CPU ms | matmul wall ms | matmul CPU ms | speed-up (CPU) | same loss |")
@@ -91,8 +95,8 @@ def main(argv=None):
         for p_n, p_m in zip(native.get_parameters(), matmul.get_parameters()):
             p_m.set_data(p_n.data.copy())
         x = ms.Tensor(rng.standard_normal((b, c_in, hw, hw)).astype(np.float32))
-        nw, nc, nl = timed(native, x)
-        mw, mc, ml = timed(matmul, x)
+        nw, nc, nl = time_fwd_bwd(native, x, args.reps)
+        mw, mc, ml = time_fwd_bwd(matmul, x, args.reps)
         same = "yes" if abs(nl - ml) <= 1e-5 * max(abs(nl), 1e-12) else f"NO ({nl:.6g} vs {ml:.6g})"
         print(f"| {name} | {nw:.1f} | {nc:.1f} | {mw:.1f} | {mc:.1f} | {nc / mc:.2f}x | {same} |", flush=True)
 

@@ -20,11 +20,12 @@ time: less disturbed by other load), and the loss, which must agree across route
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_convs import time_fwd_bwd  # noqa: E402
 
 
 def main(argv=None):
@@ -92,25 +93,6 @@ def main(argv=None):
             cols = ops.unfold(x, (3, 3), dilation=1, padding=(1, 1), stride=(1, 1))
             return forward(self.w, cols).reshape(bb, c, h, w_)
 
-    class MeanSquare(nn.Cell):
-        def __init__(self, cell):
-            super().__init__()
-            self.cell = cell
-
-        def construct(self, x):
-            return (self.cell(x) ** 2).mean()
-
-    def timed(cell, x):
-        grad = ms.jit(ms.value_and_grad(MeanSquare(cell), 0, cell.trainable_params()))
-        loss = float(grad(x)[0].asnumpy())
-        wall, cpu = [], []
-        for _ in range(args.reps):
-            t0, c0 = time.perf_counter(), time.process_time()
-            grad(x)[0].asnumpy()
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        return min(wall), min(cpu), loss
-
     print(f"3x3 conv {c}->{c}, batch {b}, one thread, unfold in the {matmul_form()!r} form; "
           f"loadavg {os.getloadavg()[0]:.2f}")
     print("| size | route | wall ms | CPU ms | CPU vs unfold | loss |")
@@ -121,12 +103,12 @@ def main(argv=None):
         w = (rng.standard_normal((c, c, 3, 3)) * 0.05).astype(np.float32)
         unfold = MatmulConv2d(c, c, 3, pad_mode="pad", padding=1, has_bias=False)
         unfold.weight.set_data(ms.Tensor(w))
-        rows = [("unfold", timed(unfold, ms.Tensor(x))),
-                ("slices", timed(Slices(w), ms.Tensor(x.transpose(0, 2, 3, 1).copy()))),
-                ("numpy", timed(NumpyProducts(w), ms.Tensor(x)))]
+        rows = [("unfold", time_fwd_bwd(unfold, ms.Tensor(x), args.reps)),
+                ("slices", time_fwd_bwd(Slices(w), ms.Tensor(x.transpose(0, 2, 3, 1).copy()), args.reps)),
+                ("numpy", time_fwd_bwd(NumpyProducts(w), ms.Tensor(x), args.reps))]
         base, ref = rows[0][1][1], rows[0][1][2]
         for name, (wall, cpu, loss) in rows:
-            print(f"| {size}x{size} | {name} | {wall * 1e3:.1f} | {cpu * 1e3:.1f} | {cpu / base:.2f}x | {loss:.6f} |",
+            print(f"| {size}x{size} | {name} | {wall:.1f} | {cpu:.1f} | {cpu / base:.2f}x | {loss:.6f} |",
                   flush=True)
             if abs(loss - ref) > 1e-5 * abs(ref):
                 print(f"WARNING: {name} at {size}x{size} computes a different conv: loss {loss:.6f} against "

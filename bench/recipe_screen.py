@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))            # ddpm_ms, for _row_batch
 sys.path.insert(0, str(ROOT / "bench"))
 from cpu_race import DEFAULT_DATA_DIR, parse_scores, sample_command, score_command  # noqa: E402
 
