@@ -133,8 +133,9 @@ def apply_cpu_env(verbose=True, cpuinfo_path="/proc/cpuinfo", matmul_convs=False
     if ISA_VAR in os.environ:
         chosen["onednn_isa"] = f"{os.environ[ISA_VAR]} (set by user)"
     elif matmul_convs:
+        isa = "AVX-512" if cpu_has_avx512(cpuinfo_path) else "AVX2"
         chosen["onednn_isa"] = ("default, no cap (every conv runs as matmuls, conv_impl matmul: "
-                                "AVX-512 matmuls, no oneDNN conv kernel)")
+                                f"{isa} matmuls, no oneDNN conv kernel)")
     elif cpu_has_avx512(cpuinfo_path):
         os.environ[ISA_VAR] = "AVX2"
         chosen["onednn_isa"] = "AVX2 (CPU has AVX-512; oneDNN's AVX-512 path uses a slow reference conv)"

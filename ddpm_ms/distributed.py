@@ -160,14 +160,15 @@ def setup(cfg, log=print):
     if not wanted(cfg):
         return None
     from mindspore.communication import get_group_size, get_local_rank, get_rank, init
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    # No ms.set_auto_parallel_context (2.10: to be deprecated): nothing here reads the parallel
+    # context. The gradient reducer is given mean and degree (Comm.grad_reducer), and each rank
+    # reads its own shard of the data (data.py), so init() alone is enough.
     init()  # msrun's scheduler process serves the cluster here and exits
     rank, world = get_rank(), get_group_size()
     try:
         local_rank = get_local_rank()
     except (RuntimeError, ValueError):  # not offered by every backend
         local_rank = int(os.environ.get("DEVICE_ID", rank))
-    ms.set_auto_parallel_context(device_num=world)
     if rank == 0:
         log(f"[ddpm_ms] data parallel: {world} workers (global batch = {world} x batch_size)")
     return Comm(rank, world, local_rank)

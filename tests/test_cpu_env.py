@@ -123,6 +123,9 @@ def test_no_cap_without_avx512(tmp_path):
 def test_no_cap_when_every_conv_is_a_matmul(tmp_path):
     chosen, env, out = _run(tmp_path, flags=FLAGS_AVX512, matmul_convs=True)
     assert env["ONEDNN_MAX_CPU_ISA"] is None                          # AVX-512 matmuls allowed
+    assert "AVX-512 matmuls" in chosen["onednn_isa"]
+    chosen_avx2, _, _ = _run(tmp_path, flags=FLAGS_AVX2, matmul_convs=True)
+    assert "AVX2 matmuls" in chosen_avx2["onednn_isa"]               # names what the CPU has
     n = cpu_env.usable_cpus()
     assert env["DDPM_MS_CPU_THREADS"] == str(max(1, n - 1))           # a core left for the runtime
     if shutil.which("taskset"):
