@@ -20,6 +20,7 @@ the case's conv_impl; T = 1 cases run under ``taskset -c 0`` unless --no_pin):
     native_bB_tT          MindSpore's conv kernels (conv_impl native, oneDNN capped at AVX2)
     matmul_bB_tT          ddpm_ms.convs (conv_impl matmul, oneDNN uncapped)
     matmul_o1_bB_tT       matmul with jit_level O1 (graph-kernel fusion)
+    resnet_mixed_o1_bB_tT ResNet blocks, mixed matmul form, jit_level O1
     resnet_bB_tT          the same U-Net with ResNet blocks (4 groups), matmul convs
     {matmul,resnet}_{batched,gemm,mixed}_bB_tT
                           matmul convs in one form of ddpm_ms.convs.matmul_form (the variants
@@ -346,6 +347,7 @@ VARIANTS = {   # name -> (conv_impl, arch overrides, extra spec)
     "native": ("native", {}, {}),            # MindSpore's conv kernels, oneDNN capped at AVX2
     "matmul": ("matmul", {}, {}),            # ddpm_ms.convs, oneDNN uncapped
     "matmul_o1": ("matmul", {}, {"jit_level": "O1"}),
+    "resnet_mixed_o1": ("matmul", RESNET_ARCH, {"matmul_form": "mixed", "jit_level": "O1"}),
     "resnet": ("matmul", RESNET_ARCH, {}),   # ResNet-block U-Net, matmul convs
     "resnet_native": ("native", RESNET_ARCH, {}),
     # each form of ddpm_ms.convs.matmul_form, whatever this CPU's default (named here, not imported:
