@@ -6,11 +6,17 @@ BENCHMARKS.md):
 * with any AVX-512 ISA allowed, its oneDNN runs plain-NCHW fp32 convolutions with a
   reference kernel, about 20x slower than the im2col+GEMM kernel it picks when capped
   at AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``; oneDNN reads it once, when it loads);
-* it sizes its kernel thread pool to 25 whatever the machine has.
+* it sizes its kernel thread pool to 25 whatever the machine has;
+* a jitted step called from PyNative runs on a queue thread ("graph pipeline") while the
+  Python thread waits for it in a busy loop with no yield (``AsyncRQueue::Wait``): a whole
+  core burnt per step, taken from the kernels. Pinned to one core, a ResNet U-Net step at
+  batch 32 took 2.7 s instead of 1.2 s (BENCHMARKS.md). ``graph_pipeline:False`` in
+  ``MS_DEV_RUNTIME_CONF`` runs the graph on the calling thread, which then blocks instead.
 
 ``apply_cpu_env()`` fixes both through the environment, leaving alone anything the user
 has already set: ``ONEDNN_MAX_CPU_ISA`` as is, ``DDPM_MS_CPU_THREADS`` (our variable) for
-the thread count. ``runtime.setup_device`` then passes the count to
+the thread count, a ``graph_pipeline`` key of ``MS_DEV_RUNTIME_CONF`` (other keys there are
+kept). ``runtime.setup_device`` then passes the count to
 ``mindspore.device_context.cpu.op_tuning.threads_num``, the pool oneDNN runs on
 (MindSpore builds oneDNN with its own thread pool, not OpenMP); ``OMP_NUM_THREADS`` and
 the BLAS variables get the same count for the few libraries that read them. It imports
@@ -21,6 +27,11 @@ import os
 ISA_VAR = "ONEDNN_MAX_CPU_ISA"
 THREADS_VAR = "DDPM_MS_CPU_THREADS"   # our own override for the MindSpore thread count
 POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+RUNTIME_CONF_VAR = "MS_DEV_RUNTIME_CONF"   # MindSpore's "key:value,key:value" runtime switches
+GRAPH_PIPELINE_OFF = "graph_pipeline:False"
+# device nodes of an Ascend or NVIDIA driver: device_target auto may pick them, and there the
+# graph pipeline overlaps host work with the device, so it is left on
+ACCELERATOR_NODES = ("/dev/davinci_manager", "/dev/nvidiactl")
 _applied = {}
 
 
@@ -103,6 +114,21 @@ def usable_cpus(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
     return min(n, limit) if limit else n
 
 
+def with_runtime_conf(conf, setting):
+    """``conf`` (an MS_DEV_RUNTIME_CONF value) with ``setting`` ("key:value") added, unless the
+    key is there already; returns (new value, True when added)."""
+    key = setting.split(":", 1)[0].strip()
+    items = [item.strip() for item in (conf or "").split(",") if item.strip()]
+    if any(item.split(":", 1)[0].strip() == key for item in items):
+        return ",".join(items), False
+    return ",".join(items + [setting]), True
+
+
+def accelerator_present(nodes=ACCELERATOR_NODES):
+    """True when an Ascend or NVIDIA driver's device node exists (no MindSpore import)."""
+    return any(os.path.exists(node) for node in nodes)
+
+
 def _threads_from_env(value):
     try:
         n = int(value)
@@ -119,9 +145,12 @@ def apply_cpu_env(verbose=True, cpuinfo_path="/proc/cpuinfo", matmul_convs=False
 
     matmul_convs: True when every convolution this process runs is computed as matmuls
     (``conv_impl`` matmul, ``ddpm_ms.convs``). Then no conv reaches oneDNN's conv kernels,
-    and the cap is left off so that the matmuls use AVX-512 (1.3-1.5x faster, BENCHMARKS.md);
-    the kernel threads are then one fewer than the usable cores (at least 1). With any native
-    conv in the process, AVX-512 CPUs get the AVX2 cap and a kernel thread per core.
+    and the cap is left off so that the matmuls use AVX-512 (1.3-1.5x faster, BENCHMARKS.md).
+    With any native conv in the process, AVX-512 CPUs get the AVX2 cap. Either way a kernel
+    thread per usable core.
+
+    The graph pipeline is turned off (``graph_pipeline:False``, see the module docstring) unless
+    the user's MS_DEV_RUNTIME_CONF names it or an accelerator's driver is present.
 
     Must run before MindSpore is imported (oneDNN reads its ISA cap once, at load).
     Returns a dict of what was chosen and why; calling it again returns the first result
@@ -144,20 +173,20 @@ def apply_cpu_env(verbose=True, cpuinfo_path="/proc/cpuinfo", matmul_convs=False
     if THREADS_VAR in os.environ:
         threads = _threads_from_env(os.environ[THREADS_VAR])
         chosen["threads"] = f"{threads} (set by user in {THREADS_VAR})"
-    elif matmul_convs and usable_cpus() > 1:
-        # MindSpore's runtime runs independent ops of the graph side by side: with matmul convs,
-        # one kernel thread fewer than the cores left that room and trained 1.04-1.33x faster
-        # than a kernel thread per core (2 cores, BENCHMARKS.md); native convs gained nothing
-        threads = usable_cpus() - 1
-        os.environ[THREADS_VAR] = str(threads)
-        chosen["threads"] = (f"{threads} (usable cores - 1: with matmul convs the runtime runs independent "
-                             "ops on the core left over)")
     else:
         threads = usable_cpus()
         os.environ[THREADS_VAR] = str(threads)
         chosen["threads"] = f"{threads} (cores usable by this process; MindSpore's default is 25)"
     for var in POOL_VARS:
         os.environ.setdefault(var, str(threads))
+    conf, added = with_runtime_conf(os.environ.get(RUNTIME_CONF_VAR, ""), GRAPH_PIPELINE_OFF)
+    if not added:
+        chosen["graph_pipeline"] = f"as set by user ({RUNTIME_CONF_VAR}={conf})"
+    elif accelerator_present():
+        chosen["graph_pipeline"] = "MindSpore's default (an Ascend or GPU driver is present)"
+    else:
+        os.environ[RUNTIME_CONF_VAR] = conf
+        chosen["graph_pipeline"] = "off (the Python thread would spin a core while each step runs)"
     _applied.update(chosen)
     if verbose:
         print("[ddpm_ms] CPU settings: " + "; ".join(f"{k}={v}" for k, v in chosen.items()), flush=True)

@@ -19,7 +19,7 @@ from ddpm_ms.runtime import CPU_AUTO_MODE, MODES, resolve_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_VARS = ("ONEDNN_MAX_CPU_ISA", "DDPM_MS_CPU_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-            "MKL_NUM_THREADS")
+            "MKL_NUM_THREADS", "MS_DEV_RUNTIME_CONF")
 FLAGS_AVX512 = "flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl amx_tile\n"
 FLAGS_AVX2 = "flags\t\t: fpu sse sse2 avx avx2 fma bmi2\n"
 
@@ -127,7 +127,7 @@ def test_no_cap_when_every_conv_is_a_matmul(tmp_path):
     chosen_avx2, _, _ = _run(tmp_path, flags=FLAGS_AVX2, matmul_convs=True)
     assert "AVX2 matmuls" in chosen_avx2["onednn_isa"]               # names what the CPU has
     n = cpu_env.usable_cpus()
-    assert env["DDPM_MS_CPU_THREADS"] == str(max(1, n - 1))           # a core left for the runtime
+    assert env["DDPM_MS_CPU_THREADS"] == str(n)                       # a kernel thread per core
     if shutil.which("taskset"):
         chosen, env, _ = _run(tmp_path, matmul_convs=True, prefix=("taskset", "-c", "0"))
         assert env["DDPM_MS_CPU_THREADS"] == "1"                      # one core: one thread
@@ -136,6 +136,90 @@ def test_no_cap_when_every_conv_is_a_matmul(tmp_path):
     chosen, env, _ = _run(tmp_path, flags=FLAGS_AVX512, matmul_convs=True,
                           env={"ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and "set by user" in chosen["onednn_isa"]
+
+
+@pytest.mark.parametrize("conf, setting, want, added", [
+    ("", "graph_pipeline:False", "graph_pipeline:False", True),
+    ("all_finite:False", "graph_pipeline:False", "all_finite:False,graph_pipeline:False", True),
+    (" all_finite:False , ", "graph_pipeline:False", "all_finite:False,graph_pipeline:False", True),
+    ("graph_pipeline:True", "graph_pipeline:False", "graph_pipeline:True", False),
+    ("a:1, graph_pipeline :true", "graph_pipeline:False", "a:1,graph_pipeline :true", False),
+    ("graph_pipelines:1", "graph_pipeline:False", "graph_pipelines:1,graph_pipeline:False", True),
+])
+def test_with_runtime_conf(conf, setting, want, added):
+    assert cpu_env.with_runtime_conf(conf, setting) == (want, added)
+
+
+def test_accelerator_present(tmp_path):
+    node = tmp_path / "davinci_manager"
+    assert not cpu_env.accelerator_present((str(node),))
+    node.write_text("")
+    assert cpu_env.accelerator_present((str(tmp_path / "nvidiactl"), str(node)))
+
+
+@pytest.mark.skipif(cpu_env.accelerator_present(), reason="an accelerator driver is present: the pipeline stays on")
+def test_graph_pipeline_turned_off_keeping_user_keys(tmp_path):
+    chosen, env, out = _run(tmp_path)
+    assert env["MS_DEV_RUNTIME_CONF"] == "graph_pipeline:False"
+    assert chosen["graph_pipeline"].startswith("off") and "graph_pipeline=off" in out
+    _, env, _ = _run(tmp_path, env={"MS_DEV_RUNTIME_CONF": "all_finite:False"})
+    assert env["MS_DEV_RUNTIME_CONF"] == "all_finite:False,graph_pipeline:False"
+    chosen, env, _ = _run(tmp_path, env={"MS_DEV_RUNTIME_CONF": "graph_pipeline:True"})
+    assert env["MS_DEV_RUNTIME_CONF"] == "graph_pipeline:True" and "set by user" in chosen["graph_pipeline"]
+
+
+def _main_thread_cpu_share(tmp_path, pipeline_conf):
+    """CPU seconds the calling thread spends per wall second while MindSpore runs a jitted SGD
+    step of 40 matmul + tanh layers (big enough for the runtime to run it on its actor thread)."""
+    code = (
+        "import time\n"
+        "from ddpm_ms.cpu_env import apply_cpu_env\n"
+        "apply_cpu_env(verbose=False)\n"
+        "import numpy as np, mindspore as ms\n"
+        "from mindspore import nn, ops\n"
+        "from ddpm_ms.runtime import setup_device\n"
+        "setup_device('CPU', 'pynative', verbose=False)\n"
+        "class Net(nn.Cell):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.w = ms.Parameter(ms.Tensor(np.full((256, 256), 1e-3, np.float32)), name='w')\n"
+        "    def construct(self, x):\n"
+        "        for _ in range(40):\n"
+        "            x = ops.tanh(ops.matmul(x, self.w))\n"
+        "        return x.sum()\n"
+        "net = Net()\n"
+        "opt = nn.SGD(net.trainable_params(), 1e-3)\n"
+        "grad_fn = ms.value_and_grad(net, None, opt.parameters)\n"
+        "@ms.jit\n"
+        "def step(x):\n"
+        "    loss, g = grad_fn(x)\n"
+        "    opt(g)\n"
+        "    return loss\n"
+        "x = ms.Tensor(np.ones((256, 256), np.float32))\n"
+        "step(x).asnumpy()\n"
+        "c0, t0 = time.thread_time(), time.perf_counter()\n"
+        "while time.perf_counter() - t0 < 1.5:\n"
+        "    step(x).asnumpy()\n"
+        "print('SHARE', (time.thread_time() - c0) / (time.perf_counter() - t0))\n")
+    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
+    env.update(PYTHONPATH=str(ROOT), DDPM_MS_CPU_THREADS="1", GLOG_v="3")
+    if pipeline_conf:
+        env["MS_DEV_RUNTIME_CONF"] = pipeline_conf
+    script = tmp_path / "share.py"          # ms.jit parses source: it needs a file
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=180,
+                          cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return float(next(ln for ln in proc.stdout.splitlines() if ln.startswith("SHARE")).split()[1])
+
+
+@pytest.mark.skipif(cpu_env.accelerator_present(), reason="an accelerator driver is present: the pipeline stays on")
+def test_calling_thread_blocks_instead_of_spinning(tmp_path):
+    """With apply_cpu_env's runtime settings the Python thread sleeps while a jitted graph runs;
+    with MindSpore's graph pipeline on it busy-waits (the control: it must show the spin, else
+    this test could not fail)."""
+    assert _main_thread_cpu_share(tmp_path, "") < 0.25
+    assert _main_thread_cpu_share(tmp_path, "graph_pipeline:True") > 0.5
 
 
 def _prepare(tmp_path, args, then):
