@@ -26,6 +26,9 @@ the case's conv_impl; T = 1 cases run under ``taskset -c 0`` unless --no_pin):
                           matmul convs in one form of ddpm_ms.convs.matmul_form (the variants
                           above take this CPU's default form)
     resnet_native_bB_tT   the ResNet-block U-Net with native convs
+    {resnet,matmul}_pipeline_bB_tT
+                          with MindSpore's graph pipeline on (MS_DEV_RUNTIME_CONF graph_pipeline:True),
+                          the default before ddpm_ms.cpu_env turned it off
     lucid_bB_tT           the peer's own network (unet_family lucid) and loss (eps, linear, MSE),
                           matmul convs; lucid_native_bB_tT with native convs: no FLOP normalisation
     peer_bB_tT            lucidrains' Unet(dim 28, mults 1,2,4, channels 1) in its GaussianDiffusion,
@@ -304,8 +307,10 @@ def worker_main(spec_json):
 # ============================================================================ parent side
 def case_env(spec):
     """Environment for one case: cpu_env chooses (no user overrides) but the case's thread count."""
-    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS and k != "MS_DEV_RUNTIME_CONF"}
     env["GLOG_v"] = "3"
+    if spec.get("runtime_conf"):            # cpu_env keeps a key the environment already names
+        env["MS_DEV_RUNTIME_CONF"] = spec["runtime_conf"]
     if spec.get("threads"):
         env["DDPM_MS_CPU_THREADS"] = str(spec["threads"])
     return env
@@ -350,6 +355,10 @@ VARIANTS = {   # name -> (conv_impl, arch overrides, extra spec)
     "resnet_mixed_o1": ("matmul", RESNET_ARCH, {"matmul_form": "mixed", "jit_level": "O1"}),
     "resnet": ("matmul", RESNET_ARCH, {}),   # ResNet-block U-Net, matmul convs
     "resnet_native": ("native", RESNET_ARCH, {}),
+    # MindSpore's graph pipeline left on, as before cpu_env turned it off: the Python thread busy-waits
+    # through every step (BENCHMARKS.md, "The Python thread spun a core")
+    "resnet_pipeline": ("matmul", RESNET_ARCH, {"runtime_conf": "graph_pipeline:True"}),
+    "matmul_pipeline": ("matmul", {}, {"runtime_conf": "graph_pipeline:True"}),
     # each form of ddpm_ms.convs.matmul_form, whatever this CPU's default (named here, not imported:
     # ddpm_ms.convs loads MindSpore, which must wait for the case's CPU settings)
     **{f"{net}_{form}": ("matmul", arch, {"matmul_form": form})
