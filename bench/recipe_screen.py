@@ -41,7 +41,9 @@ ROWS = {
     "v": ["--objective", "v"],
     "min_snr": ["--loss_weight", "min_snr"],
     "p2_off": ["--loss_weight", "none"],
+    "linear": ["--beta_schedule", "linear"],
     "cosine": ["--beta_schedule", "cosine"],
+    "batch32": ["--batch_size", "32"],
     "sigmoid_abar": ["--beta_schedule", "sigmoid_abar"],
     "lr2e-4": ["--lr", "2e-4"],
     "lr2e-3": ["--lr", "2e-3"],
@@ -55,7 +57,8 @@ ROWS = {
 # was then. Its sampler settings matter only for the stored config; sample.py is told DDIM-50 eta 0.
 BASES = {
     "config": [],
-    "screen": ["--objective", "eps", "--loss_weight", "p2", "--batch_size", "32", "--sampler", "ddim",
+    "screen": ["--objective", "eps", "--loss_weight", "p2", "--batch_size", "32", "--beta_schedule", "linear",
+               "--sampler", "ddim",
                "--sample_steps", "50", "--spacing", "leading"],
 }
 
