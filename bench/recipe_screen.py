@@ -58,8 +58,7 @@ ROWS = {
 BASES = {
     "config": [],
     "screen": ["--objective", "eps", "--loss_weight", "p2", "--batch_size", "32", "--beta_schedule", "linear",
-               "--sampler", "ddim",
-               "--sample_steps", "50", "--spacing", "leading"],
+               "--sampler", "ddim", "--sample_steps", "50", "--spacing", "leading"],
 }
 
 
@@ -136,7 +135,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/screen")
     p.add_argument("--base", choices=sorted(BASES), default="config",
                    help="config: the rows' overrides on --config as it is; screen: on the recipe the "
-                        "2026-12-02 screen started from (eps, p2, batch 32), so new rows join its table")
+                        "2026-12-02 screen started from (eps, p2, batch 32, linear betas), so new rows join its table")
     p.add_argument("--parallel", type=int, default=min(2, os.cpu_count() or 1),
                    help="rows at a time, each pinned to its own core (1: one row on the whole machine)")
     p.add_argument("--cores", default=None,
